@@ -1,0 +1,299 @@
+/*
+ * lease_table.h — the broker's lease tables: a pure module.
+ *
+ * No I/O and no clock: every call that depends on time takes `now`
+ * (monotonic milliseconds), and lt_tick() returns the next deadline. The
+ * table tells the broker what happened through one callback (lt_config
+ * .on_event), called synchronously from inside the table call that caused
+ * it. The callback must not call back into the table.
+ *
+ * Objects:
+ *   lt_owner  — one client process (pid + start time). Leases and waiters
+ *               belong to an owner; lt_owner_exit() ends them all.
+ *   lt_uvm    — one UVM entry: class, holders, FIFO waiters, drain flag,
+ *               quarantine, last release. Freed when idle and not drained.
+ *   lt_lease  — a granted lease. Exclusive (one per UVM) or shared.
+ *   lt_waiter — a queued acquire.
+ * Structs are visible so the broker can read them for replies and views;
+ * only lease_table.c writes them (except the `user` pointers).
+ *
+ * Complexity: UVM lookup, grant, release and removal of any waiter are O(1)
+ * amortised (hash tables, intrusive lists, a deadline heap with lazy
+ * deletion). With a host-wide cap, choosing the next UVM is O(log n).
+ */
+#ifndef UL_LEASE_TABLE_H
+#define UL_LEASE_TABLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ul_list.h"
+#include "ul_proto.h"
+
+#define LT_NEVER UINT64_MAX
+
+typedef struct lt_table lt_table;
+typedef struct lt_uvm lt_uvm;
+typedef struct lt_owner lt_owner;
+typedef struct lt_lease lt_lease;
+typedef struct lt_waiter lt_waiter;
+
+typedef enum lt_serialize {
+    LT_SERIALIZE_CONFIDENTIAL = 0, /* default: confidential exclusive, standard shared */
+    LT_SERIALIZE_ALL,              /* every UVM exclusive */
+    LT_SERIALIZE_NONE,             /* every UVM shared (recorded only) */
+} lt_serialize;
+
+typedef enum lt_reason {
+    LT_R_RELEASED = 0, /* "released": the holder released it */
+    LT_R_HOLDER_EXIT,  /* "holder-exit": the holder process died */
+    LT_R_REVOKED,      /* "revoked": forced release, mode revoke */
+    LT_R_KILLED,       /* "killed": forced release, mode kill, death proven */
+    LT_R_COUNT_
+} lt_reason;
+
+const char *lt_reason_name(lt_reason r);
+/* Abnormal releases start the quarantine. */
+bool lt_reason_abnormal(lt_reason r);
+
+typedef enum lt_event_type {
+    LT_EV_GRANTED = 1, /* lease: the new lease; waiter: the waiter it came from
+                          (NULL if granted inside lt_acquire), freed after the
+                          callback returns */
+    LT_EV_FAILED,      /* waiter: removed without a grant; err: ETIMEDOUT,
+                          ECANCELLED or EDRAINING (waiter freed after the
+                          callback). Not emitted for waiters of an exiting
+                          owner. holder: who was in the way, may be NULL */
+    LT_EV_RELEASED,    /* lease: being released (freed after the callback);
+                          reason */
+    LT_EV_OVERDUE,     /* lease: held longer than hold_warn_ms (once) */
+    LT_EV_PHASE,       /* lease: reported a new phase */
+    LT_EV_QUEUED,      /* waiter: enqueued */
+    LT_EV_DRAIN,       /* uvm: drained */
+    LT_EV_UNDRAIN,     /* uvm: undrained */
+} lt_event_type;
+
+typedef struct lt_event {
+    lt_event_type type;
+    lt_uvm *uvm;
+    lt_lease *lease;
+    lt_waiter *waiter;
+    const lt_lease *holder; /* FAILED: the current holder, if any */
+    int err;
+    lt_reason reason;
+    uint64_t now;
+} lt_event;
+
+typedef struct lt_config {
+    lt_serialize serialize;
+    uint32_t max_active;     /* host-wide cap on exclusive leases; 0 = none */
+    uint64_t quarantine_ms;  /* after an abnormal release; 0 = none */
+    uint64_t hold_warn_ms;   /* overdue after this; 0 = never */
+    uint64_t fence_floor;    /* every fence handed out is > this */
+    uint64_t lease_id_floor; /* every lease id handed out is > this */
+    void (*on_event)(void *ctx, const lt_event *ev);
+    void *ctx;
+} lt_config;
+
+/* Identity of a client process, from the kernel (never from messages). */
+typedef struct lt_ident {
+    uint32_t pid;
+    uint32_t uid;
+    uint64_t start_time; /* /proc/<pid>/stat field 22: guards against pid reuse */
+    char comm[UL_MAX_COMM + 1];
+} lt_ident;
+
+struct lt_owner {
+    lt_ident id;
+    void *user;      /* broker's per-process data (pidfd, ...) */
+    ul_list leases;  /* lt_lease.owner_link */
+    ul_list waiters; /* lt_waiter.owner_link */
+    ul_list anchored; /* lt_lease.child_link: leases this process anchors as a watched child */
+    uint64_t revoked[8]; /* ring of recently revoked/killed lease ids */
+    unsigned revoked_next;
+    /* private */
+    lt_owner *hnext;
+};
+
+struct lt_lease {
+    uint64_t id;
+    uint64_t fence;
+    uint64_t rid; /* the acquire's request id (idempotent re-send) */
+    lt_uvm *uvm;
+    lt_owner *owner; /* NULL once the owner exited while a child anchors it */
+    lt_owner *child; /* watched child process (uvmleasectl run), or NULL */
+    bool exclusive;
+    bool overdue;
+    char label[UL_MAX_LABEL + 1];
+    char phase[UL_MAX_PHASE + 1];
+    uint64_t granted_at;  /* monotonic ms */
+    uint64_t phase_at;    /* monotonic ms */
+    uint64_t waited_ms;   /* time spent queued before the grant */
+    uint32_t n_phases;    /* history, oldest first; newest kept when full */
+    ul_phase_rec phases[UL_PHASES_MAX]; /* at_ms holds monotonic ms here */
+    void *user;           /* broker's per-lease data */
+    /* private */
+    ul_list uvm_link;
+    ul_list owner_link;
+    ul_list child_link;
+    ul_list warn_link; /* not yet overdue, grant order */
+    lt_lease *hnext;   /* by-id hash chain */
+};
+
+struct lt_waiter {
+    uint64_t rid;
+    lt_uvm *uvm;
+    lt_owner *owner;
+    bool confidential;
+    char label[UL_MAX_LABEL + 1];
+    uint64_t enqueued_at; /* monotonic ms */
+    int64_t timeout_ms;   /* as requested: -1 forever */
+    uint64_t deadline;    /* LT_NEVER for forever */
+    uint64_t seq;         /* global arrival order */
+    void *user;           /* broker's per-waiter data (reply route) */
+    /* private */
+    ul_list uvm_link;
+    ul_list owner_link;
+    uint32_t heap_idx; /* slot in the deadline heap, UINT32_MAX if none */
+};
+
+typedef struct lt_last_release {
+    bool valid;
+    lt_reason reason;
+    uint32_t pid;
+    uint64_t at; /* monotonic ms */
+} lt_last_release;
+
+struct lt_uvm {
+    char id[UL_MAX_UVM + 1];
+    bool class_set;
+    bool confidential;
+    bool draining;
+    uint64_t quarantine_until; /* monotonic ms; 0 = none */
+    uint32_t n_holders;
+    uint32_t n_waiters;
+    ul_list holders; /* lt_lease.uvm_link, grant order */
+    ul_list waiters; /* lt_waiter.uvm_link, FIFO */
+    lt_last_release last;
+    /* private */
+    lt_uvm *hnext;
+    ul_list all_link;   /* every UVM, creation order */
+    ul_list quar_link;  /* quarantined, expiry order */
+    uint32_t ready_idx; /* slot in the cap-ready heap, UINT32_MAX if none */
+};
+
+/* Counters and histograms kept by the table (times in microseconds). */
+typedef struct lt_stats {
+    uint64_t grants;
+    uint64_t releases[LT_R_COUNT_];
+    uint64_t timeouts;
+    uint64_t cancels;
+    uint64_t drained_waiters;
+    uint64_t overdue;
+    uint64_t busy_refusals;
+    uint64_t holders;  /* current */
+    uint64_t waiters;  /* current */
+    uint64_t uvms;     /* current entries */
+    uint64_t owners;   /* current */
+} lt_stats;
+
+/* Create a table; NULL on out of memory. cfg is copied. */
+lt_table *lt_new(const lt_config *cfg);
+/* Free everything (no events are emitted); sets *t = NULL. */
+void lt_free(lt_table **t);
+const lt_config *lt_config_get(const lt_table *t);
+const lt_stats *lt_stats_get(const lt_table *t);
+/* Last fence / lease id handed out (for persistence). */
+uint64_t lt_last_fence(const lt_table *t);
+uint64_t lt_last_lease_id(const lt_table *t);
+
+/* Find an owner by pid and start time, or NULL. */
+lt_owner *lt_owner_find(lt_table *t, uint32_t pid, uint64_t start_time);
+/* Create an owner; NULL on out of memory. The caller ensures (pid,
+ * start_time) is not already registered. */
+lt_owner *lt_owner_new(lt_table *t, const lt_ident *id);
+/* True when the owner has no lease, waiter or anchored lease. */
+bool lt_owner_idle(const lt_owner *o);
+/* Free an idle owner. Returns UVMLEASE_EINVAL if not idle. */
+int lt_owner_free(lt_table *t, lt_owner *o);
+/*
+ * The owner's process is gone: its waiters are removed (no FAILED events),
+ * its leases are released with `reason` (LT_R_HOLDER_EXIT or LT_R_KILLED)
+ * unless a live watched child still anchors them, and leases it anchored as
+ * a child are released if their owner is gone too. Next waiters are granted.
+ * The owner is freed.
+ */
+void lt_owner_exit(lt_table *t, lt_owner *o, lt_reason reason, uint64_t now);
+
+typedef struct lt_acquire_args {
+    const char *uvm; /* validated UVM id */
+    bool confidential;
+    const char *label; /* validated, may be "" */
+    uint64_t rid;
+    int64_t timeout_ms; /* -1 forever, 0 try, >0 */
+    void *user;         /* stored in the waiter (and the lease) */
+} lt_acquire_args;
+
+typedef struct lt_acquire_result {
+    lt_lease *lease;        /* granted (now, or earlier for a re-send) */
+    lt_waiter *waiter;      /* queued (now, or earlier for a re-send) */
+    uint32_t position;      /* queued: 1 = next in this UVM's queue */
+    bool resent;            /* (owner, rid) was already known */
+    const lt_lease *holder; /* EBUSY: a current holder, or NULL (quarantine, cap) */
+} lt_acquire_result;
+
+/*
+ * Acquire: grant at once, queue, or refuse. Returns 0 (res->lease or
+ * res->waiter set), EBUSY (try on a held UVM), EDRAINING, ECLASS or
+ * ENOMEM. A re-send of a known (owner, rid) returns the existing lease or
+ * waiter with res->resent and changes nothing (except the user pointer,
+ * which is replaced so replies follow the new route).
+ */
+int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
+               lt_acquire_result *res);
+
+/* Cancel the owner's queued acquire `rid`. 0 (FAILED event, ECANCELLED) or
+ * ENOTWAITING. */
+int lt_cancel(lt_table *t, lt_owner *o, uint64_t rid, uint64_t now);
+
+/* Release a lease the owner holds. 0, ENOLEASE, ENOTOWNER, or EREVOKED (it
+ * was revoked/killed earlier). */
+int lt_release(lt_table *t, lt_owner *o, uint64_t lease_id, uint64_t now);
+
+/* Record a phase for the owner's lease. 0, ENOLEASE, ENOTOWNER, EREVOKED. */
+int lt_phase(lt_table *t, lt_owner *o, uint64_t lease_id, const char *phase, uint64_t now);
+
+/* Make `child` (a direct child process, checked by the caller) a second
+ * anchor of the owner's lease: the lease then survives the owner's exit
+ * until the child exits too. 0, ENOLEASE, ENOTOWNER, EREVOKED, EBADVALUE
+ * (already has a child). */
+int lt_attach_child(lt_table *t, lt_owner *o, uint64_t lease_id, lt_owner *child);
+
+/* Lookups. */
+lt_uvm *lt_uvm_find(lt_table *t, const char *uvm);
+lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id);
+/* Which owner-queued waiter has this rid, or NULL. */
+lt_waiter *lt_waiter_find(lt_owner *o, uint64_t rid);
+
+/* Drain: no new grants; current waiters fail with EDRAINING. Creates the
+ * entry if missing (it stays until undrained). 0 or ENOMEM. Undrain:
+ * 0 or EUNKNOWNUVM; grants waiters that arrived... none can; frees the
+ * entry when idle. */
+int lt_drain(lt_table *t, const char *uvm, uint64_t now);
+int lt_undrain(lt_table *t, const char *uvm, uint64_t now);
+
+/* Revoke: release the UVM's lease(s) held by `pid` (0 = all holders) with
+ * LT_R_REVOKED and grant the next waiters. The owners remember the ids, so
+ * their later calls get EREVOKED. 0 or EUNKNOWNUVM / ENOLEASE. */
+int lt_revoke(lt_table *t, const char *uvm, uint32_t pid, uint64_t now);
+
+/* Expire waiters whose deadline passed (FAILED, ETIMEDOUT), end
+ * quarantines (granting waiters), flag overdue leases (OVERDUE). Returns
+ * the next deadline (monotonic ms) or LT_NEVER. */
+uint64_t lt_tick(lt_table *t, uint64_t now);
+
+/* Iterate UVM entries in creation order. */
+lt_uvm *lt_uvm_first(lt_table *t);
+lt_uvm *lt_uvm_next(lt_table *t, lt_uvm *u);
+
+#endif

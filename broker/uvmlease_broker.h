@@ -1,0 +1,73 @@
+/*
+ * uvmlease_broker.h — the uvmlease broker as a library.
+ *
+ * uvmlease_broker_start() runs a broker on its own thread with its own
+ * ZeroMQ context and returns once the endpoint is bound (or with an error).
+ * The embedded broker installs no signal handlers, never touches the umask
+ * or other process-wide state, and logs through a callback. The daemon
+ * uvmleased is a thin main() over the same functions.
+ */
+#ifndef UVMLEASE_BROKER_H
+#define UVMLEASE_BROKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ul_log.h"
+#include "lease_table.h"
+
+typedef struct uvmlease_broker uvmlease_broker;
+
+typedef struct uvmlease_broker_config {
+    /* Directory for the socket, the lock file and state. NULL: /run/uvmlease
+     * as root, else $XDG_RUNTIME_DIR/uvmlease. Created 0750 if missing. */
+    const char *runtime_dir;
+    /* "ipc://PATH". NULL: ipc://<runtime_dir>/broker.sock. The single-
+     * instance lock sits beside the socket file (PATH.lock). */
+    const char *endpoint;
+    /* Group allowed to connect (name or number); NULL: the broker's gid. */
+    const char *socket_group;
+    /* Group whose members may run admin operations; NULL: uid 0 only. */
+    const char *admin_group;
+    lt_serialize serialize;      /* default LT_SERIALIZE_CONFIDENTIAL */
+    uint32_t max_active;         /* default 0: no host-wide cap */
+    uint64_t quarantine_ms;      /* default 0 */
+    uint64_t hold_warn_ms;       /* default 300000 */
+    uint64_t kill_grace_ms;      /* force-release kill: SIGTERM..SIGKILL, default 5000 */
+    ul_log_level log_level;      /* default UL_LOG_INFO */
+    ul_log_sink log_sink;        /* NULL: stderr */
+    void *log_ctx;
+} uvmlease_broker_config;
+
+/* Fill cfg with the defaults above. */
+void uvmlease_broker_config_init(uvmlease_broker_config *cfg);
+
+/*
+ * Start a broker on its own thread. Blocks until the endpoint is bound and
+ * serving, or until start-up failed. Returns 0 and sets *out, or a
+ * uvmlease_status (UVMLEASE_EBUSY: another broker holds the endpoint's lock;
+ * its pid is written to *other_pid when other_pid is not NULL;
+ * UVMLEASE_EBADENDPOINT: not ipc://; UVMLEASE_ESYSTEM: see errno) and
+ * writes a one-line reason into err (if errsz > 0). The config strings are
+ * copied.
+ */
+int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **out,
+                          pid_t *other_pid, char *err, size_t errsz);
+
+/*
+ * Stop the broker and free it; returns once its thread has exited, its
+ * socket is closed and unlinked and its lock released. Stopping is not
+ * releasing: no lease is handed to another client because of it.
+ * Sets *b = NULL. Safe on NULL.
+ */
+void uvmlease_broker_stop(uvmlease_broker **b);
+
+/* The endpoint the broker serves ("ipc://..."); valid until stop. */
+const char *uvmlease_broker_endpoint(const uvmlease_broker *b);
+
+/* The broker's instance id (the "bi" of every message). */
+uint64_t uvmlease_broker_instance(const uvmlease_broker *b);
+
+#endif

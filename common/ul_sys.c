@@ -1,0 +1,194 @@
+/*
+ * ul_sys.c — clocks and /proc readers.
+ */
+#include "ul_sys.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+static uint64_t s_clock_ns(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t ul_now_ns(void) { return s_clock_ns(CLOCK_MONOTONIC); }
+uint64_t ul_now_us(void) { return s_clock_ns(CLOCK_MONOTONIC) / 1000u; }
+uint64_t ul_now_ms(void) { return s_clock_ns(CLOCK_MONOTONIC) / 1000000u; }
+uint64_t ul_wall_ms(void) { return s_clock_ns(CLOCK_REALTIME) / 1000000u; }
+uint64_t ul_wall_us(void) { return s_clock_ns(CLOCK_REALTIME) / 1000u; }
+
+/* Read a small /proc file into buf (NUL-terminated). Returns bytes or -1. */
+static ssize_t s_read_small(const char *path, char *buf, size_t bufsz)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t got = 0;
+    while (got + 1 < bufsz) {
+        ssize_t n = read(fd, buf + got, bufsz - 1 - got);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    buf[got] = '\0';
+    return (ssize_t)got;
+}
+
+uint64_t ul_proc_start_time(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    if (s_read_small(path, buf, sizeof buf) < 0)
+        return 0;
+    /* comm (field 2) may contain spaces and ')': fields resume after the
+     * last ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p) {
+        errno = EINVAL;
+        return 0;
+    }
+    p++;
+    /* Now at " S ppid ..." : field 3 is the state; start time is field 22. */
+    for (int field = 3; field < 22; field++) {
+        while (*p == ' ')
+            p++;
+        while (*p && *p != ' ')
+            p++;
+        if (!*p) {
+            errno = EINVAL;
+            return 0;
+        }
+    }
+    while (*p == ' ')
+        p++;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (end == p || errno) {
+        errno = EINVAL;
+        return 0;
+    }
+    /* A start time of 0 would read as "unknown"; the kernel's first
+     * processes can have it, so shift everything by one. */
+    return (uint64_t)v + 1;
+}
+
+void ul_proc_comm(pid_t pid, char *out, size_t outsz)
+{
+    char path[64], buf[64];
+    if (outsz == 0)
+        return;
+    snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+    ssize_t n = s_read_small(path, buf, sizeof buf);
+    if (n <= 0) {
+        snprintf(out, outsz, "?");
+        return;
+    }
+    if (buf[n - 1] == '\n')
+        buf[n - 1] = '\0';
+    snprintf(out, outsz, "%s", buf);
+}
+
+/* Find "Key:\t..." in /proc/<pid>/status; returns pointer into buf. */
+static const char *s_status_field(pid_t pid, const char *key, char *buf, size_t bufsz)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    if (s_read_small(path, buf, bufsz) < 0)
+        return NULL;
+    size_t klen = strlen(key);
+    for (const char *line = buf; line && *line;) {
+        if (strncmp(line, key, klen) == 0 && line[klen] == ':')
+            return line + klen + 1;
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    return NULL;
+}
+
+pid_t ul_proc_ppid(pid_t pid)
+{
+    char buf[4096];
+    const char *v = s_status_field(pid, "PPid", buf, sizeof buf);
+    if (!v)
+        return -1;
+    char *end;
+    long p = strtol(v, &end, 10);
+    if (end == v || p < 0)
+        return -1;
+    return (pid_t)p;
+}
+
+bool ul_proc_in_group(pid_t pid, gid_t gid)
+{
+    char buf[8192];
+    const char *v = s_status_field(pid, "Gid", buf, sizeof buf);
+    if (v) {
+        /* Gid: real effective saved fs — the effective one decides. */
+        char *end;
+        unsigned long real = strtoul(v, &end, 10);
+        unsigned long eff = strtoul(end, &end, 10);
+        (void)real;
+        if (eff == (unsigned long)gid)
+            return true;
+    }
+    v = s_status_field(pid, "Groups", buf, sizeof buf);
+    if (!v)
+        return false;
+    const char *p = v;
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!isdigit((unsigned char)*p))
+            return false;
+        char *end;
+        unsigned long g = strtoul(p, &end, 10);
+        if (g == (unsigned long)gid)
+            return true;
+        p = end;
+    }
+}
+
+int ul_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int ul_pidfd_send_signal(int pidfd, int sig)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+uint64_t ul_random64(void)
+{
+    uint64_t v = 0;
+    while (v == 0) {
+        if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+            v = ul_now_ns() ^ ((uint64_t)getpid() << 32);
+    }
+    return v;
+}

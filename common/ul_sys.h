@@ -1,0 +1,44 @@
+/*
+ * ul_sys.h — small system helpers shared by broker and client: clocks and
+ * facts about processes read from /proc.
+ */
+#ifndef UL_SYS_H
+#define UL_SYS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* CLOCK_MONOTONIC in milliseconds / microseconds / nanoseconds. */
+uint64_t ul_now_ms(void);
+uint64_t ul_now_us(void);
+uint64_t ul_now_ns(void);
+/* CLOCK_REALTIME in milliseconds / microseconds since the Unix epoch. */
+uint64_t ul_wall_ms(void);
+uint64_t ul_wall_us(void);
+
+/* Process start time (field 22 of /proc/<pid>/stat, clock ticks since
+ * boot). 0 and errno set when the process does not exist or is unreadable. */
+uint64_t ul_proc_start_time(pid_t pid);
+
+/* Command name (/proc/<pid>/comm, without newline) into out; "?" if
+ * unreadable. out must hold at least 17 bytes. */
+void ul_proc_comm(pid_t pid, char *out, size_t outsz);
+
+/* Parent pid from /proc/<pid>/status ("PPid:"), or -1. */
+pid_t ul_proc_ppid(pid_t pid);
+
+/* Whether the process's primary or supplementary groups (/proc/<pid>/status
+ * "Gid:" effective and "Groups:") include gid. false when unreadable. */
+bool ul_proc_in_group(pid_t pid, gid_t gid);
+
+/* pidfd_open(2) through syscall(2); -1 and errno on failure. */
+int ul_pidfd_open(pid_t pid);
+/* pidfd_send_signal(2); -1 and errno on failure. */
+int ul_pidfd_send_signal(int pidfd, int sig);
+
+/* 64 random bits from getrandom(2), never 0. */
+uint64_t ul_random64(void);
+
+#endif

@@ -19,18 +19,36 @@
  *
  * Complexity: UVM lookup, grant, release and removal of any waiter are O(1)
  * amortised (hash tables, intrusive lists, a deadline heap with lazy
- * deletion). With a host-wide cap, choosing the next UVM is O(log n).
+ * deletion). Queuing a waiter with a deadline is O(log n). With a host-wide
+ * cap, choosing the next UVM is O(log n).
+ *
+ * Time: `now` must not go backwards; a smaller value than one seen before is
+ * read as the largest seen so far, so deadlines, grant order and the
+ * overdue/quarantine lists stay ordered.
+ *
+ * Errors common to every call returning a status: UVMLEASE_EINVAL for a NULL
+ * table, owner or argument struct. Input the broker has already validated is
+ * still bounds-checked (a UVM id of 0 or more than UL_MAX_UVM bytes:
+ * EBADUVM; a label or phase too long: EBADTEXT), so a caller bug can never
+ * overflow a field. Nothing is changed when a call returns an error.
  */
 #ifndef UL_LEASE_TABLE_H
 #define UL_LEASE_TABLE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ul_list.h"
 #include "ul_proto.h"
 
 #define LT_NEVER UINT64_MAX
+
+/* Intrusive hash-chain node (private to lease_table.c). */
+typedef struct lt_hnode {
+    struct lt_hnode *next;
+    uint64_t hash;
+} lt_hnode;
 
 typedef struct lt_table lt_table;
 typedef struct lt_uvm lt_uvm;
@@ -93,6 +111,15 @@ typedef struct lt_config {
     uint64_t lease_id_floor; /* every lease id handed out is > this */
     void (*on_event)(void *ctx, const lt_event *ev);
     void *ctx;
+    /* SipHash key for the hash tables. UVM ids are chosen by peers, so set
+     * it from a random source to keep chains short against crafted ids; all
+     * zero selects a fixed built-in key (predictable, fine for tests). */
+    uint64_t hash_key[2];
+    /* Optional allocator: alloc(alloc_ctx, p, n) resizes p to n bytes (p
+     * NULL: allocate; n 0: free p, return NULL). NULL selects realloc/free.
+     * Lets tests inject allocation failures. */
+    void *(*alloc)(void *alloc_ctx, void *p, size_t n);
+    void *alloc_ctx;
 } lt_config;
 
 /* Identity of a client process, from the kernel (never from messages). */
@@ -112,7 +139,7 @@ struct lt_owner {
     uint64_t revoked[8]; /* ring of recently revoked/killed lease ids */
     unsigned revoked_next;
     /* private */
-    lt_owner *hnext;
+    lt_hnode hnode; /* by (pid, start_time) */
 };
 
 struct lt_lease {
@@ -122,6 +149,7 @@ struct lt_lease {
     lt_uvm *uvm;
     lt_owner *owner; /* NULL once the owner exited while a child anchors it */
     lt_owner *child; /* watched child process (uvmleasectl run), or NULL */
+    uint32_t pid;    /* the owner's pid; kept after the owner exits */
     bool exclusive;
     bool overdue;
     char label[UL_MAX_LABEL + 1];
@@ -137,7 +165,8 @@ struct lt_lease {
     ul_list owner_link;
     ul_list child_link;
     ul_list warn_link; /* not yet overdue, grant order */
-    lt_lease *hnext;   /* by-id hash chain */
+    lt_hnode hnode;    /* by id */
+    lt_hnode rnode;    /* by (owner, rid), while it has an owner */
 };
 
 struct lt_waiter {
@@ -155,6 +184,8 @@ struct lt_waiter {
     ul_list uvm_link;
     ul_list owner_link;
     uint32_t heap_idx; /* slot in the deadline heap, UINT32_MAX if none */
+    lt_hnode rnode;    /* by (owner, rid) */
+    lt_lease *spare;   /* allocated at enqueue, so a grant never allocates */
 };
 
 typedef struct lt_last_release {
@@ -169,26 +200,29 @@ struct lt_uvm {
     bool class_set;
     bool confidential;
     bool draining;
-    uint64_t quarantine_until; /* monotonic ms; 0 = none */
+    uint64_t quarantine_until; /* monotonic ms; 0 = none. The class is kept
+                                  while quarantined, as if the dead holder's
+                                  lease lingered. */
     uint32_t n_holders;
     uint32_t n_waiters;
     ul_list holders; /* lt_lease.uvm_link, grant order */
     ul_list waiters; /* lt_waiter.uvm_link, FIFO */
     lt_last_release last;
     /* private */
-    lt_uvm *hnext;
+    lt_hnode hnode;     /* by id; hash cached for resizing */
     ul_list all_link;   /* every UVM, creation order */
     ul_list quar_link;  /* quarantined, expiry order */
     uint32_t ready_idx; /* slot in the cap-ready heap, UINT32_MAX if none */
 };
 
-/* Counters and histograms kept by the table (times in microseconds). */
+/* Counters kept by the table. */
 typedef struct lt_stats {
     uint64_t grants;
     uint64_t releases[LT_R_COUNT_];
     uint64_t timeouts;
     uint64_t cancels;
     uint64_t drained_waiters;
+    uint64_t exited_waiters; /* removed because their process exited */
     uint64_t overdue;
     uint64_t busy_refusals;
     uint64_t holders;  /* current */
@@ -197,7 +231,8 @@ typedef struct lt_stats {
     uint64_t owners;   /* current */
 } lt_stats;
 
-/* Create a table; NULL on out of memory. cfg is copied. */
+/* Create a table; NULL on out of memory, or when a floor is >= 2^63 (a
+ * corrupt state file: fences must never wrap). cfg is copied. */
 lt_table *lt_new(const lt_config *cfg);
 /* Free everything (no events are emitted); sets *t = NULL. */
 void lt_free(lt_table **t);
@@ -209,8 +244,8 @@ uint64_t lt_last_lease_id(const lt_table *t);
 
 /* Find an owner by pid and start time, or NULL. */
 lt_owner *lt_owner_find(lt_table *t, uint32_t pid, uint64_t start_time);
-/* Create an owner; NULL on out of memory. The caller ensures (pid,
- * start_time) is not already registered. */
+/* Create an owner; NULL on out of memory or if (pid, start_time) is
+ * already registered. */
 lt_owner *lt_owner_new(lt_table *t, const lt_ident *id);
 /* True when the owner has no lease, waiter or anchored lease. */
 bool lt_owner_idle(const lt_owner *o);
@@ -244,10 +279,13 @@ typedef struct lt_acquire_result {
 
 /*
  * Acquire: grant at once, queue, or refuse. Returns 0 (res->lease or
- * res->waiter set), EBUSY (try on a held UVM), EDRAINING, ECLASS or
- * ENOMEM. A re-send of a known (owner, rid) returns the existing lease or
- * waiter with res->resent and changes nothing (except the user pointer,
- * which is replaced so replies follow the new route).
+ * res->waiter set), EBUSY (try on a held UVM), EDRAINING, ECLASS,
+ * EBADVALUE (timeout_ms < -1) or ENOMEM. A re-send of a known (owner, rid)
+ * returns the existing lease or waiter with res->resent and changes nothing
+ * (except the user pointer, which is replaced so replies follow the new
+ * route); the same rid naming another UVM is EDUPLICATE. rid must be unique
+ * per owner among its live acquires. A grant inside this call emits
+ * GRANTED (waiter NULL) before it returns; res may be NULL.
  */
 int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
                lt_acquire_result *res);
@@ -272,13 +310,14 @@ int lt_attach_child(lt_table *t, lt_owner *o, uint64_t lease_id, lt_owner *child
 /* Lookups. */
 lt_uvm *lt_uvm_find(lt_table *t, const char *uvm);
 lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id);
-/* Which owner-queued waiter has this rid, or NULL. */
+/* Which owner-queued waiter has this rid, or NULL. O(owner's waiters). */
 lt_waiter *lt_waiter_find(lt_owner *o, uint64_t rid);
 
-/* Drain: no new grants; current waiters fail with EDRAINING. Creates the
- * entry if missing (it stays until undrained). 0 or ENOMEM. Undrain:
- * 0 or EUNKNOWNUVM; grants waiters that arrived... none can; frees the
- * entry when idle. */
+/* Drain: no new grants; current waiters fail with EDRAINING, later
+ * acquires too; holders finish. Creates the entry if missing (it stays
+ * until undrained). 0 (also if already drained) or ENOMEM. Undrain: 0 (also
+ * if not drained) or EUNKNOWNUVM; a drained UVM has no waiters, so nothing
+ * is granted; frees the entry when idle. */
 int lt_drain(lt_table *t, const char *uvm, uint64_t now);
 int lt_undrain(lt_table *t, const char *uvm, uint64_t now);
 

@@ -22,9 +22,9 @@ void ut_tmpdir(const char *tag, char *out, size_t outsz)
 {
     int n = snprintf(out, outsz, "/tmp/ul-test-%s-XXXXXX", tag);
     if (n < 0 || (size_t)n >= outsz)
-        cr_fatal("tmpdir name too long");
+        cr_assert_fail("tmpdir name too long");
     if (!mkdtemp(out))
-        cr_fatal("mkdtemp: %s", strerror(errno));
+        cr_assert_fail("mkdtemp: %s", strerror(errno));
 }
 
 static int s_rm(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -46,7 +46,7 @@ pid_t ut_fork(void)
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0)
-        cr_fatal("fork: %s", strerror(errno));
+        cr_assert_fail("fork: %s", strerror(errno));
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
@@ -141,7 +141,7 @@ uvmlease_broker *ut_broker_start(const uvmlease_broker_config *cfg, char *dir)
     char err[256] = "";
     int rc = uvmlease_broker_start(&c, &b, NULL, err, sizeof err);
     if (rc != 0)
-        cr_fatal("broker start failed: %d %s", rc, err);
+        cr_assert_fail("broker start failed: %d %s", rc, err);
     return b;
 }
 

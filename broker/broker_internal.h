@@ -1,0 +1,101 @@
+/*
+ * broker_internal.h — state shared by the broker's files: broker.c (loop,
+ * processes, sending), ops.c (client operations), admin.c (admin view,
+ * forced release, watchers).
+ */
+#ifndef UL_BROKER_INTERNAL_H
+#define UL_BROKER_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "lease_table.h"
+#include "runtime.h"
+#include "ul_log.h"
+#include "ul_proto.h"
+#include "uvmlease_broker.h"
+
+/* A ZeroMQ routing id: where to send a reply or an unasked message. */
+typedef struct broute {
+    uint8_t len;
+    uint8_t id[255];
+} broute;
+
+/* The peer of the message being handled, from the kernel. */
+typedef struct ul_peer {
+    const broute *route;
+    uint32_t uid, gid, pid;
+} ul_peer;
+
+/* A client process the broker watches through a pidfd. */
+typedef struct bproc {
+    uint32_t pid;
+    uint32_t uid;
+    uint64_t start_time;
+    int pidfd;
+    char comm[UL_MAX_COMM + 1];
+    lt_owner *owner;
+    bool kill_pending; /* force-release --mode kill signalled it */
+    struct bproc *hnext;
+} bproc;
+
+struct ul_admin; /* admin.c */
+
+struct uvmlease_broker {
+    uvmlease_broker_config cfg; /* strings below are owned copies */
+    char *socket_group;
+    char *admin_group_name;
+    bool have_admin_gid;
+    gid_t admin_gid;
+    ul_runtime rt;
+    ul_logger log;
+    uint64_t instance;
+    uint64_t wall_base_ms; /* wall clock = wall_base_ms + monotonic */
+
+    void *zctx;
+    void *router;
+    int stop_efd;
+    int epfd; /* pidfds of client processes */
+    pthread_t thread;
+
+    lt_table *table;
+    bproc **procs; /* hash by pid */
+    uint32_t proc_cap;
+    uint32_t n_procs;
+
+    ul_buf out; /* reused for every outgoing message */
+
+    uint64_t reject_tokens;
+    uint64_t reject_refill_at;
+    uint64_t reject_suppressed;
+    uint64_t rejected_total;
+    uint64_t rejected_by_code[128];
+
+    struct ul_admin *admin;
+};
+
+/* broker.c */
+bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *err);
+void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p);
+void ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep);
+void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now,
+                           ul_holder *h, bool with_phases);
+void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what);
+uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms);
+
+/* ops.c */
+void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len);
+void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
+                           int code, const char *detail);
+
+/* admin.c: list/show/stats/watch/drain/force-release; hooks the loop calls */
+void ul_broker_admin(uvmlease_broker *b, const ul_peer *peer, const ul_request *req);
+void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev);
+void ul_broker_proc_gone_hook(uvmlease_broker *b, bproc *p);
+bool ul_broker_proc_pinned(uvmlease_broker *b, const bproc *p);
+uint64_t ul_broker_timers(uvmlease_broker *b, uint64_t now);
+void ul_broker_admin_free(uvmlease_broker *b);
+
+#endif

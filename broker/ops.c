@@ -1,0 +1,264 @@
+/*
+ * ops.c — the client operations: hello/ping, acquire, cancel, release,
+ * phase and watch-child. Admin and view operations are in admin.c.
+ *
+ * Every request reaching here was decoded and validated by the codec; the
+ * caller's identity is the kernel's (ul_peer), never a message field.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "broker_internal.h"
+#include "ul_sys.h"
+
+static void s_reply_init(ul_reply *rep, const ul_request *req)
+{
+    memset(rep, 0, sizeof *rep);
+    rep->kind = UL_MSG_REPLY;
+    if (req) {
+        rep->rid = req->rid;
+        rep->op = req->op;
+    }
+}
+
+void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
+                           int code, const char *detail)
+{
+    ul_reply rep;
+    s_reply_init(&rep, req);
+    rep.err = (uint32_t)code;
+    if (detail)
+        snprintf(rep.detail, sizeof rep.detail, "%s", detail);
+    ul_broker_send(b, peer->route, &rep);
+}
+
+static void s_reply_ok(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    ul_reply rep;
+    s_reply_init(&rep, req);
+    ul_broker_send(b, peer->route, &rep);
+}
+
+static broute *s_route_copy(const broute *r)
+{
+    broute *c = malloc(sizeof *c);
+    if (c)
+        *c = *r;
+    return c;
+}
+
+static uint32_t s_queue_position(const lt_waiter *w)
+{
+    uint32_t pos = 1;
+    const ul_list *h = &w->uvm->waiters;
+    for (const ul_list *n = h->next; n != h && n != &w->uvm_link; n = n->next)
+        pos++;
+    return pos;
+}
+
+static void s_reply_granted(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
+                            const lt_lease *l)
+{
+    ul_reply rep;
+    s_reply_init(&rep, req);
+    rep.lease = l->id;
+    rep.fence = l->fence;
+    snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
+    ul_broker_send(b, peer->route, &rep);
+}
+
+static void s_reply_queued(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
+                           uint32_t position)
+{
+    ul_reply rep;
+    s_reply_init(&rep, req);
+    rep.queued = true;
+    rep.position = position;
+    snprintf(rep.uvm, sizeof rep.uvm, "%s", req->uvm);
+    ul_broker_send(b, peer->route, &rep);
+}
+
+/* An acquire the broker already knows (same process, same rid): answer with
+ * what it became, and send later messages to the new route. */
+static bool s_acquire_resent(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
+                             lt_owner *o)
+{
+    lt_waiter *w = lt_waiter_find(o, req->rid);
+    if (w) {
+        if (w->user)
+            *(broute *)w->user = *peer->route;
+        s_reply_queued(b, peer, req, s_queue_position(w));
+        return true;
+    }
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &o->leases)
+    {
+        lt_lease *l = ul_container_of(pos, lt_lease, owner_link);
+        if (l->rid == req->rid) {
+            if (l->user)
+                *(broute *)l->user = *peer->route;
+            s_reply_granted(b, peer, req, l);
+            return true;
+        }
+    }
+    return false;
+}
+
+static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    int err = 0;
+    bproc *p = ul_broker_proc_get(b, peer->pid, peer->uid, &err);
+    if (!p) {
+        ul_broker_reply_error(b, peer, req, err, NULL);
+        return;
+    }
+    if (s_acquire_resent(b, peer, req, p->owner))
+        return;
+    broute *route = s_route_copy(peer->route);
+    if (!route) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
+        return;
+    }
+    lt_acquire_args a = {
+        .uvm = req->uvm,
+        .confidential = req->confidential,
+        .label = req->label,
+        .rid = req->rid,
+        .timeout_ms = req->timeout_ms,
+        .user = route,
+    };
+    lt_acquire_result res;
+    memset(&res, 0, sizeof res);
+    uint64_t now = ul_now_ms();
+    int rc = lt_acquire(b->table, p->owner, &a, now, &res);
+    if (rc == 0 && res.lease) {
+        s_reply_granted(b, peer, req, res.lease);
+        return;
+    }
+    if (rc == 0 && res.waiter) {
+        s_reply_queued(b, peer, req, res.position);
+        return;
+    }
+    free(route);
+    ul_reply rep;
+    s_reply_init(&rep, req);
+    rep.err = (uint32_t)(rc ? rc : UVMLEASE_EINTERNAL);
+    snprintf(rep.uvm, sizeof rep.uvm, "%s", req->uvm);
+    if (rc == UVMLEASE_EBUSY && res.holder) {
+        rep.has_holder = true;
+        ul_broker_fill_holder(b, res.holder, now, &rep.holder, false);
+    } else if (rc == UVMLEASE_EBUSY) {
+        const lt_uvm *u = lt_uvm_find(b->table, req->uvm);
+        snprintf(rep.detail, sizeof rep.detail, "%s",
+                 u && u->quarantine_until > now ? "the UVM is quarantined after an abnormal release"
+                                                : "the host-wide bring-up cap is reached");
+    }
+    ul_broker_send(b, peer->route, &rep);
+    ul_broker_proc_maybe_forget(b, p);
+}
+
+/* cancel, release, phase: operations on something the caller already has. */
+static void s_owned_op(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    int err = 0;
+    bproc *p = ul_broker_proc_get(b, peer->pid, peer->uid, &err);
+    if (!p) {
+        ul_broker_reply_error(b, peer, req, err, NULL);
+        return;
+    }
+    uint64_t now = ul_now_ms();
+    int rc;
+    switch (req->op) {
+    case UL_OP_CANCEL:
+        rc = lt_cancel(b->table, p->owner, req->target_rid, now);
+        break;
+    case UL_OP_RELEASE:
+        rc = lt_release(b->table, p->owner, req->lease, now);
+        break;
+    default:
+        rc = lt_phase(b->table, p->owner, req->lease, req->phase, now);
+        break;
+    }
+    if (rc)
+        ul_broker_reply_error(b, peer, req, rc, NULL);
+    else
+        s_reply_ok(b, peer, req);
+    ul_broker_proc_maybe_forget(b, p);
+}
+
+/* uvmleasectl run: the broker also watches the command it started, so the
+ * lease outlives a killed uvmleasectl until the command is gone too. */
+static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    if (req->pid == 0 || req->pid == peer->pid ||
+        ul_proc_ppid((pid_t)req->pid) != (pid_t)peer->pid) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOTCHILD, NULL);
+        return;
+    }
+    int err = 0;
+    bproc *p = ul_broker_proc_get(b, peer->pid, peer->uid, &err);
+    if (!p) {
+        ul_broker_reply_error(b, peer, req, err, NULL);
+        return;
+    }
+    bproc *c = ul_broker_proc_get(b, req->pid, peer->uid, &err);
+    if (!c) {
+        ul_broker_reply_error(b, peer, req, err, NULL);
+        return;
+    }
+    int rc = lt_attach_child(b->table, p->owner, req->lease, c->owner);
+    if (rc) {
+        ul_broker_reply_error(b, peer, req, rc, NULL);
+        ul_broker_proc_maybe_forget(b, c);
+        return;
+    }
+    s_reply_ok(b, peer, req);
+}
+
+static void s_hello(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    ul_reply rep;
+    s_reply_init(&rep, req);
+    rep.broker_pid = (uint32_t)getpid();
+    snprintf(rep.server, sizeof rep.server, "uvmleased/%s", UL_VERSION);
+    ul_broker_send(b, peer->route, &rep);
+}
+
+void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len)
+{
+    ul_request req;
+    int rc = ul_request_decode(data, len, &req);
+    if (rc) {
+        char detail[UL_MAX_DETAIL + 1];
+        if (rc == UVMLEASE_EVERSION)
+            snprintf(detail, sizeof detail, "this broker speaks protocol version %d",
+                     UL_PROTO_VERSION);
+        else
+            snprintf(detail, sizeof detail, "%s", ul_status_message(rc));
+        ul_broker_reply_error(b, peer, &req, rc, detail);
+        ul_broker_log_reject(b, peer->pid, rc, "decode");
+        return;
+    }
+    switch (req.op) {
+    case UL_OP_HELLO:
+    case UL_OP_PING:
+        s_hello(b, peer, &req);
+        break;
+    case UL_OP_ACQUIRE:
+        s_acquire(b, peer, &req);
+        break;
+    case UL_OP_CANCEL:
+    case UL_OP_RELEASE:
+    case UL_OP_PHASE:
+        s_owned_op(b, peer, &req);
+        break;
+    case UL_OP_WATCH_CHILD:
+        s_watch_child(b, peer, &req);
+        break;
+    default:
+        ul_broker_admin(b, peer, &req);
+        break;
+    }
+}

@@ -1,0 +1,258 @@
+/*
+ * ul_mpcheck.c — bounds-check raw msgpack bytes before msgpack-c sees them.
+ *
+ * msgpack-c reserves count x 24 (array) or count x 48 (map) bytes the
+ * moment it reads a container header, trusting the count. This walker reads
+ * only headers, allocates nothing, never recurses on peer data, and refuses
+ * any count that the remaining bytes could not possibly hold, so that what
+ * msgpack-c later allocates is bounded by the message size.
+ */
+#include "ul_proto.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * msgpack-c's own unpacker keeps a fixed stack of 32 open containers
+ * (MSGPACK_EMBED_STACK_SIZE); deeper input would fail there anyway, so no
+ * limit may exceed it.
+ */
+#define UL_MP_STACK 32
+
+/* Longest str/bin/ext payload. Above every text field's limit, so that an
+ * over-long field is reported by its field rule (bad-uvm-id, bad-text)
+ * rather than as a structural error, yet small enough to bound waste. */
+#define UL_MP_MAX_STR 1024
+
+const ul_mp_limits ul_limits_request = {
+    .max_size = UL_MAX_REQUEST,
+    .max_depth = UL_MAX_DEPTH_REQUEST,
+    .max_entries = UL_MAX_MAP_REQUEST,
+    .max_str = UL_MP_MAX_STR,
+};
+
+const ul_mp_limits ul_limits_reply = {
+    .max_size = UL_MAX_REPLY,
+    .max_depth = UL_MAX_DEPTH_REPLY,
+    .max_entries = UL_MAX_CONTAINER,
+    .max_str = UL_MP_MAX_STR,
+};
+
+/* Big-endian unsigned of n (1, 2, 4 or 8) bytes. */
+static uint64_t be_read(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* What one header byte announces. */
+enum elem_class {
+    EC_FIXED,     /* scalar with `fixed` payload bytes after the header byte */
+    EC_STR,       /* str/bin: `lenbytes`-byte length, then payload */
+    EC_EXT,       /* ext8/16/32: `lenbytes`-byte length, a type byte, payload */
+    EC_FIXEXT,    /* fixext: a type byte and `fixed` payload bytes */
+    EC_ARRAY,     /* `lenbytes`-byte count (0: count in the header byte) */
+    EC_MAP,       /* same, count of key/value pairs */
+    EC_MALFORMED, /* 0xc1, never used by msgpack */
+};
+
+struct elem_info {
+    enum elem_class cls;
+    unsigned fixed;    /* EC_FIXED / EC_FIXEXT payload bytes */
+    unsigned lenbytes; /* bytes of the length / count field */
+    uint32_t inline_n; /* fixstr length, fixarray / fixmap count */
+};
+
+static struct elem_info classify(uint8_t b)
+{
+    struct elem_info e = {EC_FIXED, 0, 0, 0};
+    if (b <= 0x7f || b >= 0xe0)
+        return e; /* positive / negative fixint */
+    if (b <= 0x8f) {
+        e.cls = EC_MAP;
+        e.inline_n = b & 0x0fu;
+        return e;
+    }
+    if (b <= 0x9f) {
+        e.cls = EC_ARRAY;
+        e.inline_n = b & 0x0fu;
+        return e;
+    }
+    if (b <= 0xbf) {
+        e.cls = EC_STR;
+        e.inline_n = b & 0x1fu;
+        return e;
+    }
+    switch (b) {
+    case 0xc0: /* nil */
+    case 0xc2: /* false */
+    case 0xc3: /* true */
+        return e;
+    case 0xc1:
+        e.cls = EC_MALFORMED;
+        return e;
+    case 0xc4: /* bin8 */
+    case 0xd9: /* str8 */
+        e.cls = EC_STR;
+        e.lenbytes = 1;
+        return e;
+    case 0xc5: /* bin16 */
+    case 0xda: /* str16 */
+        e.cls = EC_STR;
+        e.lenbytes = 2;
+        return e;
+    case 0xc6: /* bin32 */
+    case 0xdb: /* str32 */
+        e.cls = EC_STR;
+        e.lenbytes = 4;
+        return e;
+    case 0xc7:
+        e.cls = EC_EXT;
+        e.lenbytes = 1;
+        return e;
+    case 0xc8:
+        e.cls = EC_EXT;
+        e.lenbytes = 2;
+        return e;
+    case 0xc9:
+        e.cls = EC_EXT;
+        e.lenbytes = 4;
+        return e;
+    case 0xca: /* float32 */
+        e.fixed = 4;
+        return e;
+    case 0xcb: /* float64 */
+        e.fixed = 8;
+        return e;
+    case 0xcc: /* uint8 */
+    case 0xd0: /* int8 */
+        e.fixed = 1;
+        return e;
+    case 0xcd:
+    case 0xd1:
+        e.fixed = 2;
+        return e;
+    case 0xce:
+    case 0xd2:
+        e.fixed = 4;
+        return e;
+    case 0xcf:
+    case 0xd3:
+        e.fixed = 8;
+        return e;
+    case 0xd4:
+    case 0xd5:
+    case 0xd6:
+    case 0xd7:
+    case 0xd8:
+        e.cls = EC_FIXEXT;
+        e.fixed = 1u << (b - 0xd4); /* 1, 2, 4, 8, 16 */
+        return e;
+    case 0xdc: /* array16 */
+        e.cls = EC_ARRAY;
+        e.lenbytes = 2;
+        return e;
+    case 0xdd: /* array32 */
+        e.cls = EC_ARRAY;
+        e.lenbytes = 4;
+        return e;
+    case 0xde: /* map16 */
+        e.cls = EC_MAP;
+        e.lenbytes = 2;
+        return e;
+    default: /* 0xdf map32: every other byte value is handled above */
+        e.cls = EC_MAP;
+        e.lenbytes = 4;
+        return e;
+    }
+}
+
+int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)
+{
+    if (!lim || (!buf && len > 0))
+        return UVMLEASE_EINVAL;
+    if (len > lim->max_size)
+        return UVMLEASE_ETOOLARGE;
+
+    const uint8_t *p = buf;
+    unsigned max_depth = lim->max_depth < UL_MP_STACK ? lim->max_depth : UL_MP_STACK;
+    /* Elements still to read in each open container (a map counts keys and
+     * values separately). */
+    uint64_t left[UL_MP_STACK];
+    unsigned depth = 0;
+    /* Elements announced but not yet read, over all open containers plus
+     * the top-level object. Each needs at least one byte, so pending may
+     * never exceed the bytes left: this bounds every count by the bytes
+     * that are really there, not just by the per-container limit. */
+    uint64_t pending = 1;
+    size_t off = 0;
+
+    for (;;) {
+        if (off >= len)
+            return UVMLEASE_ETRUNCATED;
+        uint8_t b = p[off++];
+        pending--;
+        if (depth > 0)
+            left[depth - 1]--;
+
+        struct elem_info e = classify(b);
+        if (e.cls == EC_MALFORMED)
+            return UVMLEASE_EMALFORMED;
+
+        uint64_t n = e.inline_n;
+        if (e.lenbytes > 0) {
+            if (len - off < e.lenbytes)
+                return UVMLEASE_ETRUNCATED;
+            n = be_read(p + off, e.lenbytes);
+            off += e.lenbytes;
+        }
+
+        switch (e.cls) {
+        case EC_ARRAY:
+        case EC_MAP: {
+            if (depth + 1 > max_depth)
+                return UVMLEASE_ETOODEEP;
+            if (n > lim->max_entries)
+                return UVMLEASE_ELIMIT;
+            uint64_t elems = e.cls == EC_MAP ? 2 * n : n;
+            if (elems > len - off - pending)
+                return UVMLEASE_ETRUNCATED;
+            if (elems > 0) {
+                left[depth++] = elems;
+                pending += elems;
+            }
+            break;
+        }
+        case EC_STR:
+        case EC_EXT: {
+            if (n > lim->max_str)
+                return UVMLEASE_ELIMIT;
+            uint64_t need = n + (e.cls == EC_EXT ? 1 : 0);
+            if (need > len - off - pending)
+                return UVMLEASE_ETRUNCATED;
+            off += (size_t)need;
+            break;
+        }
+        case EC_FIXEXT:
+            if (e.fixed > lim->max_str)
+                return UVMLEASE_ELIMIT;
+            if (1 + (uint64_t)e.fixed > len - off - pending)
+                return UVMLEASE_ETRUNCATED;
+            off += 1 + e.fixed;
+            break;
+        default: /* EC_FIXED */
+            if (e.fixed > len - off - pending)
+                return UVMLEASE_ETRUNCATED;
+            off += e.fixed;
+            break;
+        }
+
+        while (depth > 0 && left[depth - 1] == 0)
+            depth--;
+        if (depth == 0 && pending == 0)
+            break;
+    }
+    return off == len ? 0 : UVMLEASE_ETRAILING;
+}

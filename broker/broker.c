@@ -276,6 +276,13 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
 
 /* ---- table events ------------------------------------------------------ */
 
+static void s_proc_inactive(const lt_owner *o)
+{
+    bproc *p = o ? o->user : NULL;
+    if (p && p->n_active > 0)
+        p->n_active--;
+}
+
 static void s_on_event(void *ctx, const lt_event *ev)
 {
     uvmlease_broker *b = ctx;
@@ -325,6 +332,7 @@ static void s_on_event(void *ctx, const lt_event *ev)
         ul_broker_send(b, w->user, &rep);
         free(w->user);
         ev->waiter->user = NULL;
+        s_proc_inactive(w->owner);
         break;
     }
     case LT_EV_RELEASED: {
@@ -347,6 +355,7 @@ static void s_on_event(void *ctx, const lt_event *ev)
         }
         free(l->user);
         l->user = NULL;
+        s_proc_inactive(l->owner);
         break;
     }
     case LT_EV_OVERDUE: {

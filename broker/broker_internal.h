@@ -6,6 +6,10 @@
 #ifndef UL_BROKER_INTERNAL_H
 #define UL_BROKER_INTERNAL_H
 
+/* Leases plus waiters one client process may have at once: a runaway or
+ * hostile peer cannot grow the tables without bound. */
+#define UL_MAX_PER_PROCESS 1024
+
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,6 +42,7 @@ typedef struct bproc {
     char comm[UL_MAX_COMM + 1];
     lt_owner *owner;
     bool kill_pending; /* force-release --mode kill signalled it */
+    uint32_t n_active; /* leases + waiters it asked for (bounded per process) */
     struct bproc *hnext;
 } bproc;
 

@@ -96,7 +96,7 @@ typedef struct lt_event {
     lt_uvm *uvm;
     lt_lease *lease;
     lt_waiter *waiter;
-    const lt_lease *holder; /* FAILED: the current holder, if any */
+    const lt_lease *holder; /* FAILED, QUEUED: the current holder, if any */
     int err;
     lt_reason reason;
     uint64_t now;
@@ -256,7 +256,7 @@ int lt_owner_free(lt_table *t, lt_owner *o);
  * its leases are released with `reason` (LT_R_HOLDER_EXIT or LT_R_KILLED)
  * unless a live watched child still anchors them, and leases it anchored as
  * a child are released if their owner is gone too. Next waiters are granted.
- * The owner is freed.
+ * The owner is freed. Its waiters are counted in stats.exited_waiters.
  */
 void lt_owner_exit(lt_table *t, lt_owner *o, lt_reason reason, uint64_t now);
 

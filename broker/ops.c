@@ -116,6 +116,12 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     }
     if (s_acquire_resent(b, peer, req, p->owner))
         return;
+    if (p->n_active >= UL_MAX_PER_PROCESS) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE,
+                              "too many leases and waiting acquires for one process");
+        ul_broker_log_reject(b, peer->pid, UVMLEASE_ERESOURCE, "per-process limit");
+        return;
+    }
     broute *route = s_route_copy(peer->route);
     if (!route) {
         ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
@@ -133,6 +139,8 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     memset(&res, 0, sizeof res);
     uint64_t now = ul_now_ms();
     int rc = lt_acquire(b->table, p->owner, &a, now, &res);
+    if (rc == 0 && (res.lease || res.waiter))
+        p->n_active++;
     if (rc == 0 && res.lease) {
         s_reply_granted(b, peer, req, res.lease);
         return;

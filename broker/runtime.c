@@ -71,8 +71,9 @@ static int s_prepare_dir(const ul_runtime *rt, const char *dir, char *err, size_
         return UVMLEASE_ESYSTEM;
     }
     /* mkdir's mode went through the umask; set the intended one
-     * explicitly. An existing directory only loses access for others. */
-    mode_t want = created ? 0750 : (st.st_mode & 07770 & ~(mode_t)07);
+     * explicitly. An existing directory only loses access for others,
+     * unless a socket group is named: its members must be able to enter. */
+    mode_t want = created || rt->have_group ? 0750 : (st.st_mode & 07770 & ~(mode_t)07);
     if ((st.st_mode & 07777) != want && chmod(dir, want) < 0) {
         S_ERR("cannot chmod %s: %s", dir, strerror(errno));
         return UVMLEASE_ESYSTEM;

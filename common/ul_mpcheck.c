@@ -47,6 +47,16 @@ static uint64_t be_read(const uint8_t *p, unsigned n)
     return v;
 }
 
+/*
+ * Whether `need` more bytes for the current element fit in what is left
+ * after reserving one byte for each pending element.
+ */
+static int fits(size_t len, size_t off, uint64_t pending, uint64_t need)
+{
+    size_t avail = len - off;
+    return avail >= pending && need <= avail - pending;
+}
+
 /* What one header byte announces. */
 enum elem_class {
     EC_FIXED,     /* scalar with `fixed` payload bytes after the header byte */
@@ -200,6 +210,9 @@ int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)
         struct elem_info e = classify(b);
         if (e.cls == EC_MALFORMED)
             return UVMLEASE_EMALFORMED;
+        /* Depth is known from the header byte alone. */
+        if ((e.cls == EC_ARRAY || e.cls == EC_MAP) && depth + 1 > max_depth)
+            return UVMLEASE_ETOODEEP;
 
         uint64_t n = e.inline_n;
         if (e.lenbytes > 0) {
@@ -212,12 +225,10 @@ int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)
         switch (e.cls) {
         case EC_ARRAY:
         case EC_MAP: {
-            if (depth + 1 > max_depth)
-                return UVMLEASE_ETOODEEP;
             if (n > lim->max_entries)
                 return UVMLEASE_ELIMIT;
             uint64_t elems = e.cls == EC_MAP ? 2 * n : n;
-            if (elems > len - off - pending)
+            if (!fits(len, off, pending, elems))
                 return UVMLEASE_ETRUNCATED;
             if (elems > 0) {
                 left[depth++] = elems;
@@ -230,7 +241,7 @@ int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)
             if (n > lim->max_str)
                 return UVMLEASE_ELIMIT;
             uint64_t need = n + (e.cls == EC_EXT ? 1 : 0);
-            if (need > len - off - pending)
+            if (!fits(len, off, pending, need))
                 return UVMLEASE_ETRUNCATED;
             off += (size_t)need;
             break;
@@ -238,12 +249,12 @@ int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)
         case EC_FIXEXT:
             if (e.fixed > lim->max_str)
                 return UVMLEASE_ELIMIT;
-            if (1 + (uint64_t)e.fixed > len - off - pending)
+            if (!fits(len, off, pending, 1 + (uint64_t)e.fixed))
                 return UVMLEASE_ETRUNCATED;
             off += 1 + e.fixed;
             break;
         default: /* EC_FIXED */
-            if (e.fixed > len - off - pending)
+            if (!fits(len, off, pending, e.fixed))
                 return UVMLEASE_ETRUNCATED;
             off += e.fixed;
             break;

@@ -18,10 +18,21 @@ int ul_uvm_id_check(const char *s, size_t len);
 int ul_text_check(const char *s, size_t len, size_t max);
 
 /*
+ * Make the NUL-terminated s pass ul_text_check(s, strlen(s), max), in
+ * place: each byte that is not part of well-formed UTF-8, and each control
+ * character, becomes '?', and the text is cut at a character boundary to
+ * at most max bytes. For text read from the kernel rather than validated
+ * on the wire (a command name in /proc/<pid>/comm is whatever the process
+ * set). Returns the new length.
+ */
+size_t ul_text_sanitize(char *s, size_t max);
+
+/*
  * Copy s into out (size outsz, always NUL-terminated when outsz > 0),
- * escaping bytes < 0x20, 0x7f, '"' and '\\' as \n \t \r \" \\ or \xHH, and
- * invalid UTF-8 bytes as \xHH. Truncates at a character boundary. Returns
- * the length written (excluding the NUL).
+ * escaping bytes < 0x20, 0x7f, '"' and '\\' as \n \t \r \" \\ or \xHH,
+ * C1 controls (U+0080-U+009F) as \xc2\xHH, and invalid UTF-8 bytes as
+ * \xHH. Truncates at a character boundary (never half a character or half
+ * an escape). Returns the length written (excluding the NUL).
  */
 size_t ul_escape(const char *s, size_t len, char *out, size_t outsz);
 

@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
@@ -155,4 +156,150 @@ void ut_build_path(const char *rel, char *out, size_t outsz)
 {
     const char *bd = getenv("UL_BUILD_DIR");
     snprintf(out, outsz, "%s/%s", bd ? bd : ".", rel);
+}
+
+/* ---- raw protocol client ------------------------------------------------ */
+
+#include <poll.h>
+#include <zmq.h>
+
+static void *s_zctx;
+static pid_t s_zctx_pid;
+
+void *ut_dealer(const char *endpoint)
+{
+    /* A ZeroMQ context must not cross fork(): one per process. */
+    if (!s_zctx || s_zctx_pid != getpid()) {
+        s_zctx = zmq_ctx_new();
+        s_zctx_pid = getpid();
+    }
+    void *s = zmq_socket(s_zctx, ZMQ_DEALER);
+    int linger = 0;
+    if (!s || zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
+        zmq_connect(s, endpoint) < 0)
+        cr_assert_fail("dealer: %s", zmq_strerror(zmq_errno()));
+    return s;
+}
+
+void ut_dealer_close(void *sock) { zmq_close(sock); }
+
+void ut_req(ul_request *r, ul_op op)
+{
+    static uint64_t next_rid;
+    memset(r, 0, sizeof *r);
+    r->version = UL_PROTO_VERSION;
+    r->op = op;
+    r->rid = ++next_rid + ((uint64_t)getpid() << 32);
+    r->timeout_ms = UL_TIMEOUT_FOREVER;
+}
+
+int ut_send(void *sock, const ul_request *r)
+{
+    ul_buf b = {0};
+    int rc = ul_request_encode(r, &b);
+    if (rc == 0 && zmq_send(sock, b.data, b.len, 0) < 0)
+        rc = UVMLEASE_ESYSTEM;
+    ul_buf_free(&b);
+    return rc;
+}
+
+int ut_recv(void *sock, ul_reply *rep, int timeout_ms)
+{
+    zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
+    if (zmq_poll(&it, 1, timeout_ms) <= 0)
+        return -1;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, sock, 0) < 0) {
+        zmq_msg_close(&m);
+        return -1;
+    }
+    int rc = ul_reply_decode(zmq_msg_data(&m), zmq_msg_size(&m), rep);
+    zmq_msg_close(&m);
+    return rc;
+}
+
+int ut_call(void *sock, const ul_request *r, ul_reply *rep, int timeout_ms)
+{
+    int rc = ut_send(sock, r);
+    if (rc)
+        return rc;
+    uint64_t deadline = ul_now_ms() + (uint64_t)timeout_ms;
+    for (;;) {
+        uint64_t now = ul_now_ms();
+        if (now >= deadline)
+            return -1;
+        rc = ut_recv(sock, rep, (int)(deadline - now));
+        if (rc)
+            return rc;
+        if (rep->kind == UL_MSG_REPLY && rep->rid == r->rid)
+            return 0;
+        ul_reply_free(rep);
+    }
+}
+
+int ut_acquire(void *sock, const char *uvm, bool conf, const char *label, int64_t timeout_ms,
+               ul_reply *rep, void (*on_queued)(void *), void *ctx, int wait_ms)
+{
+    ul_request r;
+    ut_req(&r, UL_OP_ACQUIRE);
+    snprintf(r.uvm, sizeof r.uvm, "%s", uvm);
+    snprintf(r.label, sizeof r.label, "%s", label ? label : "");
+    r.confidential = conf;
+    r.timeout_ms = timeout_ms;
+    int rc = ut_call(sock, &r, rep, wait_ms);
+    if (rc)
+        return rc;
+    if (rep->err || !rep->queued)
+        return (int)rep->err;
+    if (on_queued)
+        on_queued(ctx);
+    uint64_t deadline = ul_now_ms() + (uint64_t)wait_ms;
+    for (;;) {
+        ul_reply_free(rep);
+        uint64_t now = ul_now_ms();
+        if (now >= deadline)
+            return -1;
+        rc = ut_recv(sock, rep, (int)(deadline - now));
+        if (rc)
+            return rc;
+        if ((rep->kind == UL_MSG_GRANT || rep->kind == UL_MSG_ACQUIRE_FAILED) &&
+            rep->rid == r.rid)
+            return rep->kind == UL_MSG_GRANT ? 0 : (int)rep->err;
+    }
+}
+
+int ut_release(void *sock, uint64_t lease)
+{
+    ul_request r;
+    ul_reply rep;
+    ut_req(&r, UL_OP_RELEASE);
+    r.lease = lease;
+    memset(&rep, 0, sizeof rep);
+    int rc = ut_call(sock, &r, &rep, 5000);
+    if (rc == 0)
+        rc = (int)rep.err;
+    ul_reply_free(&rep);
+    return rc;
+}
+
+void ut_chan_open(ut_chan *c)
+{
+    if (pipe2(c->fd, O_CLOEXEC) < 0)
+        cr_assert_fail("pipe: %s", strerror(errno));
+}
+
+void ut_chan_put(ut_chan *c, char v)
+{
+    if (write(c->fd[1], &v, 1) != 1)
+        _exit(98);
+}
+
+int ut_chan_get(ut_chan *c, int timeout_ms)
+{
+    struct pollfd p = {.fd = c->fd[0], .events = POLLIN};
+    if (poll(&p, 1, timeout_ms) <= 0)
+        return -1;
+    char v;
+    return read(c->fd[0], &v, 1) == 1 ? (unsigned char)v : -1;
 }

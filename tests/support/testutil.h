@@ -50,3 +50,40 @@ void ut_broker_stop(struct uvmlease_broker **b, const char *dir);
 void ut_build_path(const char *rel, char *out, size_t outsz);
 
 #endif
+
+/* ---- a raw protocol client (ZeroMQ DEALER + the codec) ---------------- */
+
+#include "ul_proto.h"
+
+/* A DEALER connected to endpoint with ZMQ_LINGER 0, on a per-process
+ * context. Aborts the test on failure; in a forked child, call it after the
+ * fork. */
+void *ut_dealer(const char *endpoint);
+void ut_dealer_close(void *sock);
+/* A request with v, op and a fresh rid filled in. */
+void ut_req(ul_request *r, ul_op op);
+/* Encode and send one frame. 0 or a status. */
+int ut_send(void *sock, const ul_request *r);
+/* Receive one broker message within timeout_ms. 0, -1 on timeout, or a
+ * decode status. The caller frees *rep with ul_reply_free. */
+int ut_recv(void *sock, ul_reply *rep, int timeout_ms);
+/* Send r and wait for the reply carrying its rid (unasked messages that
+ * arrive first are dropped). 0, -1 on timeout, or a status. */
+int ut_call(void *sock, const ul_request *r, ul_reply *rep, int timeout_ms);
+/* Acquire and wait for the outcome (reply, or grant/acquire-failed after a
+ * queued reply). Returns the status (0 = granted) or -1 on timeout; lease
+ * and fence are written when granted, holder info in *rep. If on_queued
+ * is not NULL it is called once when the broker says "queued". */
+int ut_acquire(void *sock, const char *uvm, bool conf, const char *label, int64_t timeout_ms,
+               ul_reply *rep, void (*on_queued)(void *), void *ctx, int wait_ms);
+/* Release a lease; returns the reply's status or -1. */
+int ut_release(void *sock, uint64_t lease);
+
+/* ---- a pipe to report from a child to the parent ----------------------- */
+typedef struct ut_chan {
+    int fd[2];
+} ut_chan;
+void ut_chan_open(ut_chan *c);
+/* Write one byte / read one byte within timeout_ms (-1 on timeout). */
+void ut_chan_put(ut_chan *c, char v);
+int ut_chan_get(ut_chan *c, int timeout_ms);

@@ -1,0 +1,1358 @@
+/*
+ * lease_table.c — the broker's lease tables (see lease_table.h).
+ *
+ * Invariants kept between public calls:
+ *  - an exclusive UVM has at most one holder; a shared UVM has no waiters;
+ *  - an exclusive UVM with waiters and no holder is quarantined, or (with a
+ *    cap) sits in the ready heap while the cap is full;
+ *  - with a cap, active exclusive leases < max_active implies the ready heap
+ *    is empty (a freed slot is always handed on before the call returns);
+ *  - a UVM entry without holders, waiters, drain or quarantine is freed.
+ * Granting never allocates (a waiter carries its lease from enqueue), so a
+ * release, an exit or a tick cannot fail half-way.
+ */
+#include "lease_table.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "uvmlease_errors.h"
+
+#define S_NONE     UINT32_MAX
+#define S_HT_MIN   16u
+#define S_HEAP_MIN 16u
+
+/* Intrusive chained hash table over lt_hnode; the hash is cached in the
+ * node so resizing never recomputes it. */
+typedef struct s_htab {
+    lt_hnode **b;
+    size_t mask; /* bucket count - 1, a power of two */
+    size_t count;
+} s_htab;
+
+/* Deadline heap slot. w == NULL is a tombstone: the waiter left, its key
+ * stays so the heap order still holds around it. */
+typedef struct s_dl {
+    uint64_t deadline;
+    lt_waiter *w;
+} s_dl;
+
+struct lt_table {
+    lt_config cfg;
+    lt_stats stats;
+    uint64_t key[2];
+    uint64_t fence;
+    uint64_t lease_id;
+    uint64_t seq;
+    uint64_t now;
+    uint64_t active_excl; /* exclusive leases held, for the cap */
+    s_htab uvms, leases, owners, lease_rids, waiter_rids;
+    ul_list all_uvms; /* lt_uvm.all_link */
+    ul_list warn;     /* lt_lease.warn_link */
+    ul_list quar;     /* lt_uvm.quar_link */
+    s_dl *dl;
+    uint32_t dl_n, dl_cap, dl_tomb;
+    lt_uvm **ready; /* min-heap on the head waiter's seq */
+    uint32_t ready_n, ready_cap;
+};
+
+/* ---- allocation */
+
+static void *s_realloc(lt_table *t, void *p, size_t n)
+{
+    if (t->cfg.alloc)
+        return t->cfg.alloc(t->cfg.alloc_ctx, p, n);
+    if (n == 0) {
+        free(p);
+        return NULL;
+    }
+    return realloc(p, n);
+}
+
+static void *s_zalloc(lt_table *t, size_t n)
+{
+    if (!t->cfg.alloc)
+        return calloc(1, n);
+    void *p = t->cfg.alloc(t->cfg.alloc_ctx, NULL, n);
+    if (p)
+        memset(p, 0, n);
+    return p;
+}
+
+static void s_free(lt_table *t, void *p)
+{
+    if (p)
+        (void)s_realloc(t, p, 0);
+}
+
+static void *s_array(lt_table *t, void *p, size_t n, size_t size)
+{
+    if (n == 0 || n > SIZE_MAX / size)
+        return NULL;
+    return s_realloc(t, p, n * size);
+}
+
+/* ---- SipHash-2-4: peers choose UVM ids, so the bucket index must not be
+ * predictable without the key. */
+
+static uint64_t s_rotl(uint64_t x, unsigned b) { return (x << b) | (x >> (64 - b)); }
+
+static void s_sipround(uint64_t v[4])
+{
+    v[0] += v[1];
+    v[1] = s_rotl(v[1], 13);
+    v[1] ^= v[0];
+    v[0] = s_rotl(v[0], 32);
+    v[2] += v[3];
+    v[3] = s_rotl(v[3], 16);
+    v[3] ^= v[2];
+    v[0] += v[3];
+    v[3] = s_rotl(v[3], 21);
+    v[3] ^= v[0];
+    v[2] += v[1];
+    v[1] = s_rotl(v[1], 17);
+    v[1] ^= v[2];
+    v[2] = s_rotl(v[2], 32);
+}
+
+static uint64_t s_le64(const unsigned char *p, size_t n)
+{
+    uint64_t x = 0;
+    for (size_t i = 0; i < n; i++)
+        x |= (uint64_t)p[i] << (8 * i);
+    return x;
+}
+
+static uint64_t s_siphash(const uint64_t key[2], const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t v[4] = {key[0] ^ 0x736f6d6570736575ull, key[1] ^ 0x646f72616e646f6dull,
+                     key[0] ^ 0x6c7967656e657261ull, key[1] ^ 0x7465646279746573ull};
+    size_t full = len & ~(size_t)7;
+    for (size_t i = 0; i < full; i += 8) {
+        uint64_t m = s_le64(p + i, 8);
+        v[3] ^= m;
+        s_sipround(v);
+        s_sipround(v);
+        v[0] ^= m;
+    }
+    uint64_t m = s_le64(p + full, len - full) | ((uint64_t)(len & 0xff) << 56);
+    v[3] ^= m;
+    s_sipround(v);
+    s_sipround(v);
+    v[0] ^= m;
+    v[2] ^= 0xff;
+    for (int i = 0; i < 4; i++)
+        s_sipround(v);
+    return v[0] ^ v[1] ^ v[2] ^ v[3];
+}
+
+static uint64_t s_hash2(const lt_table *t, uint64_t a, uint64_t b)
+{
+    unsigned char buf[16];
+    for (int i = 0; i < 8; i++) {
+        buf[i] = (unsigned char)(a >> (8 * i));
+        buf[8 + i] = (unsigned char)(b >> (8 * i));
+    }
+    return s_siphash(t->key, buf, sizeof buf);
+}
+
+static uint64_t s_hash_rid(const lt_table *t, const lt_owner *o, uint64_t rid)
+{
+    return s_hash2(t, (uint64_t)(uintptr_t)o, rid);
+}
+
+/* ---- hash table */
+
+static int s_ht_init(lt_table *t, s_htab *h)
+{
+    h->b = s_zalloc(t, S_HT_MIN * sizeof *h->b);
+    h->mask = S_HT_MIN - 1;
+    h->count = 0;
+    return h->b ? 0 : -1;
+}
+
+/* A failed resize keeps the old buckets: chains get longer, nothing breaks,
+ * so inserting never fails. */
+static void s_ht_resize(lt_table *t, s_htab *h, size_t nb)
+{
+    if (nb > SIZE_MAX / sizeof *h->b)
+        return;
+    lt_hnode **nbk = s_zalloc(t, nb * sizeof *nbk);
+    if (!nbk)
+        return;
+    for (size_t i = 0; i <= h->mask; i++) {
+        lt_hnode *n = h->b[i];
+        while (n) {
+            lt_hnode *next = n->next;
+            size_t j = (size_t)(n->hash & (nb - 1));
+            n->next = nbk[j];
+            nbk[j] = n;
+            n = next;
+        }
+    }
+    s_free(t, h->b);
+    h->b = nbk;
+    h->mask = nb - 1;
+}
+
+static void s_ht_insert(lt_table *t, s_htab *h, lt_hnode *n, uint64_t hash)
+{
+    size_t i = (size_t)(hash & h->mask);
+    n->hash = hash;
+    n->next = h->b[i];
+    h->b[i] = n;
+    if (++h->count > h->mask + 1)
+        s_ht_resize(t, h, (h->mask + 1) * 2);
+}
+
+static void s_ht_remove(lt_table *t, s_htab *h, lt_hnode *n)
+{
+    lt_hnode **pp = &h->b[n->hash & h->mask];
+    while (*pp && *pp != n)
+        pp = &(*pp)->next;
+    if (!*pp)
+        return;
+    *pp = n->next;
+    n->next = NULL;
+    h->count--;
+    /* Shrink with hysteresis (grow at 1, shrink below 1/4) so a burst of
+     * entries does not pin memory forever and resizes stay amortised. */
+    if (h->mask + 1 > S_HT_MIN && h->count < (h->mask + 1) / 4)
+        s_ht_resize(t, h, (h->mask + 1) / 2);
+}
+
+static lt_hnode *s_ht_chain(const s_htab *h, uint64_t hash) { return h->b[hash & h->mask]; }
+
+/* ---- small helpers */
+
+static uint64_t s_sat_add(uint64_t a, uint64_t b) { return a > LT_NEVER - b ? LT_NEVER : a + b; }
+
+static uint64_t s_clock(lt_table *t, uint64_t now)
+{
+    if (now < t->now)
+        return t->now;
+    t->now = now;
+    return now;
+}
+
+static void s_emit(lt_table *t, const lt_event *ev)
+{
+    if (t->cfg.on_event)
+        t->cfg.on_event(t->cfg.ctx, ev);
+}
+
+static bool s_excl_class(const lt_table *t, bool confidential)
+{
+    switch (t->cfg.serialize) {
+    case LT_SERIALIZE_ALL:
+        return true;
+    case LT_SERIALIZE_NONE:
+        return false;
+    case LT_SERIALIZE_CONFIDENTIAL:
+    default:
+        return confidential;
+    }
+}
+
+static bool s_uvm_exclusive(const lt_table *t, const lt_uvm *u)
+{
+    return u->class_set && s_excl_class(t, u->confidential);
+}
+
+static bool s_cap_room(const lt_table *t)
+{
+    return t->cfg.max_active == 0 || t->active_excl < t->cfg.max_active;
+}
+
+static lt_lease *s_first_holder(lt_uvm *u)
+{
+    ul_list *n = ul_list_first(&u->holders);
+    return n ? ul_container_of(n, lt_lease, uvm_link) : NULL;
+}
+
+static lt_waiter *s_head(lt_uvm *u)
+{
+    ul_list *n = ul_list_first(&u->waiters);
+    return n ? ul_container_of(n, lt_waiter, uvm_link) : NULL;
+}
+
+/* Exclusive, waiters queued, and nothing but (possibly) the cap in the way. */
+static bool s_uvm_ready(const lt_table *t, const lt_uvm *u)
+{
+    return u->n_waiters > 0 && u->n_holders == 0 && u->quarantine_until == 0 && !u->draining &&
+           s_uvm_exclusive(t, u);
+}
+
+static bool s_ring_has(const lt_owner *o, uint64_t id)
+{
+    if (id == 0)
+        return false;
+    for (size_t i = 0; i < sizeof o->revoked / sizeof o->revoked[0]; i++)
+        if (o->revoked[i] == id)
+            return true;
+    return false;
+}
+
+static void s_ring_add(lt_owner *o, uint64_t id)
+{
+    unsigned n = sizeof o->revoked / sizeof o->revoked[0];
+    o->revoked[o->revoked_next % n] = id;
+    o->revoked_next = (o->revoked_next + 1) % n;
+}
+
+static void s_copy(char *dst, const char *src, size_t max)
+{
+    size_t n = strnlen(src, max);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* ---- deadline heap (waiters with a finite deadline) */
+
+static void s_dl_set(lt_table *t, uint32_t i, s_dl e)
+{
+    t->dl[i] = e;
+    if (e.w)
+        e.w->heap_idx = i;
+}
+
+static void s_dl_up(lt_table *t, uint32_t i)
+{
+    s_dl e = t->dl[i];
+    while (i > 0) {
+        uint32_t p = (i - 1) / 2;
+        if (t->dl[p].deadline <= e.deadline)
+            break;
+        s_dl_set(t, i, t->dl[p]);
+        i = p;
+    }
+    s_dl_set(t, i, e);
+}
+
+static void s_dl_down(lt_table *t, uint32_t i)
+{
+    s_dl e = t->dl[i];
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= t->dl_n)
+            break;
+        if (c + 1 < t->dl_n && t->dl[c + 1].deadline < t->dl[c].deadline)
+            c++;
+        if (e.deadline <= t->dl[c].deadline)
+            break;
+        s_dl_set(t, i, t->dl[c]);
+        i = c;
+    }
+    s_dl_set(t, i, e);
+}
+
+/* Make room for one more entry; the only allocating heap operation, done
+ * before anything else changes. */
+static int s_dl_reserve(lt_table *t)
+{
+    if (t->dl_n < t->dl_cap)
+        return 0;
+    if (t->dl_cap >= S_NONE / 2)
+        return -1;
+    uint32_t ncap = t->dl_cap ? t->dl_cap * 2 : S_HEAP_MIN;
+    s_dl *n = s_array(t, t->dl, ncap, sizeof *n);
+    if (!n)
+        return -1;
+    t->dl = n;
+    t->dl_cap = ncap;
+    return 0;
+}
+
+static void s_dl_push(lt_table *t, lt_waiter *w)
+{
+    uint32_t i = t->dl_n++;
+    t->dl[i] = (s_dl){w->deadline, w};
+    w->heap_idx = i;
+    s_dl_up(t, i);
+}
+
+static void s_dl_pop(lt_table *t)
+{
+    if (!t->dl[0].w)
+        t->dl_tomb--;
+    else
+        t->dl[0].w->heap_idx = S_NONE;
+    s_dl last = t->dl[--t->dl_n];
+    if (t->dl_n > 0) {
+        s_dl_set(t, 0, last);
+        s_dl_down(t, 0);
+    }
+}
+
+static void s_dl_compact(lt_table *t)
+{
+    uint32_t j = 0;
+    for (uint32_t i = 0; i < t->dl_n; i++)
+        if (t->dl[i].w)
+            t->dl[j++] = t->dl[i];
+    t->dl_n = j;
+    t->dl_tomb = 0;
+    for (uint32_t i = 0; i < j; i++)
+        t->dl[i].w->heap_idx = i;
+    for (uint32_t i = j / 2; i-- > 0;)
+        s_dl_down(t, i);
+    if (t->dl_cap > 4 * S_HEAP_MIN && t->dl_n < t->dl_cap / 4) {
+        s_dl *n = s_array(t, t->dl, t->dl_cap / 2, sizeof *n);
+        if (n) {
+            t->dl = n;
+            t->dl_cap /= 2;
+        }
+    }
+}
+
+/* O(1) amortised: tombstone the slot; compaction is paid for by the
+ * removals that made the tombstones. */
+static void s_dl_remove(lt_table *t, lt_waiter *w)
+{
+    uint32_t i = w->heap_idx;
+    if (i == S_NONE || i >= t->dl_n)
+        return;
+    w->heap_idx = S_NONE;
+    if (i == t->dl_n - 1) {
+        t->dl_n--;
+        return;
+    }
+    t->dl[i].w = NULL;
+    t->dl_tomb++;
+    if (t->dl_tomb > t->dl_n - t->dl_tomb)
+        s_dl_compact(t);
+}
+
+static void s_dl_clean_top(lt_table *t)
+{
+    while (t->dl_n > 0 && !t->dl[0].w)
+        s_dl_pop(t);
+}
+
+/* ---- ready heap (cap only): UVMs whose head waiter could be granted if a
+ * slot were free, ordered by that waiter's arrival. */
+
+static uint64_t s_ready_key(lt_uvm *u) { return s_head(u)->seq; }
+
+static void s_ready_set(lt_table *t, uint32_t i, lt_uvm *u)
+{
+    t->ready[i] = u;
+    u->ready_idx = i;
+}
+
+static void s_ready_up(lt_table *t, uint32_t i)
+{
+    lt_uvm *u = t->ready[i];
+    uint64_t k = s_ready_key(u);
+    while (i > 0) {
+        uint32_t p = (i - 1) / 2;
+        if (s_ready_key(t->ready[p]) <= k)
+            break;
+        s_ready_set(t, i, t->ready[p]);
+        i = p;
+    }
+    s_ready_set(t, i, u);
+}
+
+static void s_ready_down(lt_table *t, uint32_t i)
+{
+    lt_uvm *u = t->ready[i];
+    uint64_t k = s_ready_key(u);
+    for (;;) {
+        uint32_t c = 2 * i + 1;
+        if (c >= t->ready_n)
+            break;
+        if (c + 1 < t->ready_n && s_ready_key(t->ready[c + 1]) < s_ready_key(t->ready[c]))
+            c++;
+        if (k <= s_ready_key(t->ready[c]))
+            break;
+        s_ready_set(t, i, t->ready[c]);
+        i = c;
+    }
+    s_ready_set(t, i, u);
+}
+
+/* Capacity for every UVM entry is reserved when the entry is created, so
+ * the heap never allocates while granting. */
+static int s_ready_reserve(lt_table *t, uint64_t entries)
+{
+    if (entries <= t->ready_cap)
+        return 0;
+    if (t->ready_cap >= S_NONE / 2)
+        return -1;
+    uint32_t ncap = t->ready_cap ? t->ready_cap * 2 : S_HEAP_MIN;
+    lt_uvm **n = s_array(t, t->ready, ncap, sizeof *n);
+    if (!n)
+        return -1;
+    t->ready = n;
+    t->ready_cap = ncap;
+    return 0;
+}
+
+/* Put u in, take it out of, or reorder it in the ready heap after any change
+ * to its holders, waiters, quarantine or drain. */
+static void s_ready_update(lt_table *t, lt_uvm *u)
+{
+    bool want = t->cfg.max_active > 0 && s_uvm_ready(t, u);
+    if (want && u->ready_idx == S_NONE) {
+        if (t->ready_n >= t->ready_cap)
+            return; /* cannot happen: reserved per entry */
+        uint32_t i = t->ready_n++;
+        s_ready_set(t, i, u);
+        s_ready_up(t, i);
+    } else if (want) {
+        s_ready_up(t, u->ready_idx);
+        s_ready_down(t, u->ready_idx);
+    } else if (u->ready_idx != S_NONE) {
+        uint32_t i = u->ready_idx;
+        lt_uvm *last = t->ready[--t->ready_n];
+        u->ready_idx = S_NONE;
+        if (i < t->ready_n) {
+            s_ready_set(t, i, last);
+            s_ready_up(t, i);
+            s_ready_down(t, last->ready_idx);
+        }
+    }
+}
+
+/* ---- UVM entries */
+
+static lt_uvm *s_uvm_lookup(lt_table *t, const char *id, size_t len, uint64_t hash)
+{
+    for (lt_hnode *n = s_ht_chain(&t->uvms, hash); n; n = n->next) {
+        lt_uvm *u = ul_container_of(n, lt_uvm, hnode);
+        if (n->hash == hash && strncmp(u->id, id, len) == 0 && u->id[len] == '\0')
+            return u;
+    }
+    return NULL;
+}
+
+static lt_uvm *s_uvm_create(lt_table *t, const char *id, size_t len, uint64_t hash)
+{
+    if (t->cfg.max_active > 0 && s_ready_reserve(t, t->stats.uvms + 1) < 0)
+        return NULL;
+    lt_uvm *u = s_zalloc(t, sizeof *u);
+    if (!u)
+        return NULL;
+    memcpy(u->id, id, len);
+    u->id[len] = '\0';
+    ul_list_init(&u->holders);
+    ul_list_init(&u->waiters);
+    ul_list_init(&u->quar_link);
+    u->ready_idx = S_NONE;
+    s_ht_insert(t, &t->uvms, &u->hnode, hash);
+    ul_list_insert_tail(&t->all_uvms, &u->all_link);
+    t->stats.uvms++;
+    return u;
+}
+
+/* Reset the class of an entry with nothing left on it, and free it unless a
+ * drain keeps it. Callers must not touch u afterwards. */
+static void s_uvm_settle(lt_table *t, lt_uvm *u)
+{
+    if (u->n_holders || u->n_waiters || u->quarantine_until)
+        return;
+    u->class_set = false;
+    u->confidential = false;
+    if (u->draining)
+        return;
+    s_ht_remove(t, &t->uvms, &u->hnode);
+    ul_list_remove(&u->all_link);
+    t->stats.uvms--;
+    s_free(t, u);
+}
+
+/* ---- leases and waiters */
+
+static lt_lease *s_lease_alloc(lt_table *t)
+{
+    lt_lease *l = s_zalloc(t, sizeof *l);
+    if (!l)
+        return NULL;
+    ul_list_init(&l->uvm_link);
+    ul_list_init(&l->owner_link);
+    ul_list_init(&l->child_link);
+    ul_list_init(&l->warn_link);
+    return l;
+}
+
+static lt_lease *s_lease_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
+{
+    uint64_t h = s_hash_rid(t, o, rid);
+    for (lt_hnode *n = s_ht_chain(&t->lease_rids, h); n; n = n->next) {
+        lt_lease *l = ul_container_of(n, lt_lease, rnode);
+        if (n->hash == h && l->owner == o && l->rid == rid)
+            return l;
+    }
+    return NULL;
+}
+
+static lt_waiter *s_waiter_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
+{
+    uint64_t h = s_hash_rid(t, o, rid);
+    for (lt_hnode *n = s_ht_chain(&t->waiter_rids, h); n; n = n->next) {
+        lt_waiter *w = ul_container_of(n, lt_waiter, rnode);
+        if (n->hash == h && w->owner == o && w->rid == rid)
+            return w;
+    }
+    return NULL;
+}
+
+/* Give l (rid, label, user already set) a new id and fence and hang it on
+ * the UVM, the owner and the indexes. */
+static void s_lease_link(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, uint64_t now)
+{
+    l->id = ++t->lease_id;
+    l->fence = ++t->fence;
+    l->uvm = u;
+    l->owner = o;
+    l->pid = o->id.pid;
+    l->child = NULL;
+    l->exclusive = s_uvm_exclusive(t, u);
+    l->overdue = false;
+    l->phase[0] = '\0';
+    l->granted_at = now;
+    l->phase_at = now;
+    l->n_phases = 0;
+    ul_list_insert_tail(&u->holders, &l->uvm_link);
+    ul_list_insert_tail(&o->leases, &l->owner_link);
+    if (t->cfg.hold_warn_ms > 0)
+        ul_list_insert_tail(&t->warn, &l->warn_link);
+    s_ht_insert(t, &t->leases, &l->hnode, s_hash2(t, l->id, 0));
+    s_ht_insert(t, &t->lease_rids, &l->rnode, s_hash_rid(t, o, l->rid));
+    u->n_holders++;
+    t->stats.holders++;
+    t->stats.grants++;
+    if (l->exclusive)
+        t->active_excl++;
+}
+
+/* Take l off everything, record the release, start a quarantine if due,
+ * tell the broker, free l. Does not grant: callers kick the UVM. */
+static void s_lease_end(lt_table *t, lt_lease *l, lt_reason reason, uint64_t now)
+{
+    lt_uvm *u = l->uvm;
+    ul_list_remove(&l->uvm_link);
+    ul_list_remove(&l->owner_link);
+    ul_list_remove(&l->child_link);
+    ul_list_remove(&l->warn_link);
+    s_ht_remove(t, &t->leases, &l->hnode);
+    if (l->owner) {
+        s_ht_remove(t, &t->lease_rids, &l->rnode);
+        if (reason == LT_R_REVOKED || reason == LT_R_KILLED)
+            s_ring_add(l->owner, l->id);
+    }
+    u->n_holders--;
+    t->stats.holders--;
+    t->stats.releases[reason]++;
+    if (l->exclusive)
+        t->active_excl--;
+    u->last = (lt_last_release){.valid = true, .reason = reason, .pid = l->pid, .at = now};
+    if (l->exclusive && lt_reason_abnormal(reason) && t->cfg.quarantine_ms > 0) {
+        /* Re-appending keeps the list in expiry order: now never goes back. */
+        ul_list_remove(&u->quar_link);
+        u->quarantine_until = s_sat_add(now, t->cfg.quarantine_ms);
+        ul_list_insert_tail(&t->quar, &u->quar_link);
+    }
+    s_emit(t, &(lt_event){.type = LT_EV_RELEASED, .uvm = u, .lease = l, .reason = reason,
+                          .now = now});
+    s_free(t, l);
+}
+
+static void s_waiter_unlink(lt_table *t, lt_waiter *w)
+{
+    lt_uvm *u = w->uvm;
+    ul_list_remove(&w->uvm_link);
+    ul_list_remove(&w->owner_link);
+    s_ht_remove(t, &t->waiter_rids, &w->rnode);
+    s_dl_remove(t, w);
+    u->n_waiters--;
+    t->stats.waiters--;
+}
+
+static void s_waiter_destroy(lt_table *t, lt_waiter *w)
+{
+    s_free(t, w->spare);
+    s_free(t, w);
+}
+
+/* Remove a waiter without a grant. err 0: its process exited, so nobody is
+ * told. Callers settle the UVM. */
+static void s_waiter_end(lt_table *t, lt_waiter *w, int err, uint64_t now)
+{
+    lt_uvm *u = w->uvm;
+    s_waiter_unlink(t, w);
+    switch (err) {
+    case UVMLEASE_ETIMEDOUT:
+        t->stats.timeouts++;
+        break;
+    case UVMLEASE_ECANCELLED:
+        t->stats.cancels++;
+        break;
+    case UVMLEASE_EDRAINING:
+        t->stats.drained_waiters++;
+        break;
+    default:
+        t->stats.exited_waiters++;
+        break;
+    }
+    s_ready_update(t, u);
+    if (err)
+        s_emit(t, &(lt_event){.type = LT_EV_FAILED, .uvm = u, .waiter = w,
+                              .holder = s_first_holder(u), .err = err, .now = now});
+    s_waiter_destroy(t, w);
+}
+
+static void s_grant_waiter(lt_table *t, lt_waiter *w, uint64_t now)
+{
+    lt_uvm *u = w->uvm;
+    lt_lease *l = w->spare;
+    w->spare = NULL;
+    s_waiter_unlink(t, w);
+    l->rid = w->rid;
+    memcpy(l->label, w->label, sizeof l->label);
+    l->user = w->user;
+    l->waited_ms = now - w->enqueued_at;
+    s_lease_link(t, u, l, w->owner, now);
+    s_ready_update(t, u);
+    s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .waiter = w, .now = now});
+    s_waiter_destroy(t, w);
+}
+
+/*
+ * Something that could unblock u happened (release, end of quarantine).
+ * Without a cap, grant its head waiter here; with one, the oldest ready
+ * waiter across all UVMs wins, so only queue u for s_cap_dispatch. Deadlines
+ * win over grants: an expired head is failed, never granted.
+ */
+static void s_uvm_kick(lt_table *t, lt_uvm *u, uint64_t now)
+{
+    if (!s_uvm_ready(t, u) || t->cfg.max_active > 0) {
+        s_ready_update(t, u);
+        return;
+    }
+    lt_waiter *w;
+    while ((w = s_head(u)) != NULL) {
+        if (w->deadline <= now) {
+            s_waiter_end(t, w, UVMLEASE_ETIMEDOUT, now);
+            continue;
+        }
+        s_grant_waiter(t, w, now);
+        break;
+    }
+}
+
+/* Hand free cap slots to the oldest ready waiters. */
+static void s_cap_dispatch(lt_table *t, uint64_t now)
+{
+    while (t->cfg.max_active > 0 && t->ready_n > 0 && s_cap_room(t)) {
+        lt_uvm *u = t->ready[0];
+        lt_waiter *w = s_head(u);
+        if (w->deadline <= now) {
+            s_waiter_end(t, w, UVMLEASE_ETIMEDOUT, now);
+            s_uvm_settle(t, u);
+            continue;
+        }
+        s_grant_waiter(t, w, now);
+    }
+}
+
+static void s_quar_expire(lt_table *t, uint64_t now)
+{
+    ul_list *n;
+    while ((n = ul_list_first(&t->quar)) != NULL) {
+        lt_uvm *u = ul_container_of(n, lt_uvm, quar_link);
+        if (u->quarantine_until > now)
+            break;
+        ul_list_remove(&u->quar_link);
+        u->quarantine_until = 0;
+        s_uvm_kick(t, u, now);
+        s_uvm_settle(t, u);
+    }
+}
+
+/* ---- owners */
+
+static void s_owner_destroy(lt_table *t, lt_owner *o)
+{
+    s_ht_remove(t, &t->owners, &o->hnode);
+    t->stats.owners--;
+    s_free(t, o);
+}
+
+/* ---- public API */
+
+const char *lt_reason_name(lt_reason r)
+{
+    switch (r) {
+    case LT_R_RELEASED:
+        return "released";
+    case LT_R_HOLDER_EXIT:
+        return "holder-exit";
+    case LT_R_REVOKED:
+        return "revoked";
+    case LT_R_KILLED:
+        return "killed";
+    case LT_R_COUNT_:
+    default:
+        return "unknown";
+    }
+}
+
+bool lt_reason_abnormal(lt_reason r)
+{
+    return r == LT_R_HOLDER_EXIT || r == LT_R_REVOKED || r == LT_R_KILLED;
+}
+
+lt_table *lt_new(const lt_config *cfg)
+{
+    static const lt_config defaults;
+    if (!cfg)
+        cfg = &defaults;
+    if (cfg->fence_floor >= (UINT64_C(1) << 63) || cfg->lease_id_floor >= (UINT64_C(1) << 63))
+        return NULL;
+    lt_table boot = {.cfg = *cfg};
+    lt_table *t = s_zalloc(&boot, sizeof *t);
+    if (!t)
+        return NULL;
+    t->cfg = *cfg;
+    if (t->cfg.serialize != LT_SERIALIZE_ALL && t->cfg.serialize != LT_SERIALIZE_NONE)
+        t->cfg.serialize = LT_SERIALIZE_CONFIDENTIAL;
+    if (cfg->hash_key[0] || cfg->hash_key[1]) {
+        t->key[0] = cfg->hash_key[0];
+        t->key[1] = cfg->hash_key[1];
+    } else {
+        t->key[0] = 0x5d1c0a7e3b29f461ull;
+        t->key[1] = 0xa4e8630b17cd92f5ull;
+    }
+    t->fence = cfg->fence_floor;
+    t->lease_id = cfg->lease_id_floor;
+    ul_list_init(&t->all_uvms);
+    ul_list_init(&t->warn);
+    ul_list_init(&t->quar);
+    if (s_ht_init(t, &t->uvms) < 0 || s_ht_init(t, &t->leases) < 0 ||
+        s_ht_init(t, &t->owners) < 0 || s_ht_init(t, &t->lease_rids) < 0 ||
+        s_ht_init(t, &t->waiter_rids) < 0) {
+        lt_free(&t);
+        return NULL;
+    }
+    return t;
+}
+
+void lt_free(lt_table **tp)
+{
+    if (!tp || !*tp)
+        return;
+    lt_table *t = *tp;
+    ul_list *n, *tmp, *m, *mtmp;
+    ul_list_foreach_safe(n, tmp, &t->all_uvms)
+    {
+        lt_uvm *u = ul_container_of(n, lt_uvm, all_link);
+        ul_list_foreach_safe(m, mtmp, &u->holders) s_free(t, ul_container_of(m, lt_lease, uvm_link));
+        ul_list_foreach_safe(m, mtmp, &u->waiters)
+            s_waiter_destroy(t, ul_container_of(m, lt_waiter, uvm_link));
+        s_free(t, u);
+    }
+    if (t->owners.b) {
+        for (size_t i = 0; i <= t->owners.mask; i++) {
+            lt_hnode *h = t->owners.b[i];
+            while (h) {
+                lt_hnode *next = h->next;
+                s_free(t, ul_container_of(h, lt_owner, hnode));
+                h = next;
+            }
+        }
+    }
+    s_free(t, t->uvms.b);
+    s_free(t, t->leases.b);
+    s_free(t, t->owners.b);
+    s_free(t, t->lease_rids.b);
+    s_free(t, t->waiter_rids.b);
+    s_free(t, t->dl);
+    s_free(t, t->ready);
+    s_free(t, t);
+    *tp = NULL;
+}
+
+const lt_config *lt_config_get(const lt_table *t) { return t ? &t->cfg : NULL; }
+const lt_stats *lt_stats_get(const lt_table *t) { return t ? &t->stats : NULL; }
+uint64_t lt_last_fence(const lt_table *t) { return t ? t->fence : 0; }
+uint64_t lt_last_lease_id(const lt_table *t) { return t ? t->lease_id : 0; }
+
+lt_owner *lt_owner_find(lt_table *t, uint32_t pid, uint64_t start_time)
+{
+    if (!t)
+        return NULL;
+    uint64_t h = s_hash2(t, pid, start_time);
+    for (lt_hnode *n = s_ht_chain(&t->owners, h); n; n = n->next) {
+        lt_owner *o = ul_container_of(n, lt_owner, hnode);
+        if (n->hash == h && o->id.pid == pid && o->id.start_time == start_time)
+            return o;
+    }
+    return NULL;
+}
+
+lt_owner *lt_owner_new(lt_table *t, const lt_ident *id)
+{
+    if (!t || !id || lt_owner_find(t, id->pid, id->start_time))
+        return NULL;
+    lt_owner *o = s_zalloc(t, sizeof *o);
+    if (!o)
+        return NULL;
+    o->id = *id;
+    o->id.comm[UL_MAX_COMM] = '\0';
+    ul_list_init(&o->leases);
+    ul_list_init(&o->waiters);
+    ul_list_init(&o->anchored);
+    s_ht_insert(t, &t->owners, &o->hnode, s_hash2(t, id->pid, id->start_time));
+    t->stats.owners++;
+    return o;
+}
+
+bool lt_owner_idle(const lt_owner *o)
+{
+    return !o || (ul_list_empty(&o->leases) && ul_list_empty(&o->waiters) &&
+                  ul_list_empty(&o->anchored));
+}
+
+int lt_owner_free(lt_table *t, lt_owner *o)
+{
+    if (!t || !o || !lt_owner_idle(o))
+        return UVMLEASE_EINVAL;
+    s_owner_destroy(t, o);
+    return 0;
+}
+
+void lt_owner_exit(lt_table *t, lt_owner *o, lt_reason reason, uint64_t now)
+{
+    if (!t || !o)
+        return;
+    if ((unsigned)reason >= LT_R_COUNT_)
+        reason = LT_R_HOLDER_EXIT;
+    now = s_clock(t, now);
+    ul_list *n;
+    /* Waiters go first, so releasing this process's own leases below can
+     * never hand one to it. */
+    while ((n = ul_list_first(&o->waiters)) != NULL) {
+        lt_waiter *w = ul_container_of(n, lt_waiter, owner_link);
+        lt_uvm *u = w->uvm;
+        s_waiter_end(t, w, 0, now);
+        s_uvm_settle(t, u);
+    }
+    while ((n = ul_list_first(&o->leases)) != NULL) {
+        lt_lease *l = ul_container_of(n, lt_lease, owner_link);
+        if (l->child) {
+            /* The watched child may still be using the UVM: it keeps the
+             * lease until it exits too. */
+            s_ht_remove(t, &t->lease_rids, &l->rnode);
+            ul_list_remove(&l->owner_link);
+            l->owner = NULL;
+            continue;
+        }
+        lt_uvm *u = l->uvm;
+        s_lease_end(t, l, reason, now);
+        s_uvm_kick(t, u, now);
+        s_uvm_settle(t, u);
+    }
+    while ((n = ul_list_first(&o->anchored)) != NULL) {
+        lt_lease *l = ul_container_of(n, lt_lease, child_link);
+        ul_list_remove(&l->child_link);
+        l->child = NULL;
+        if (l->owner)
+            continue;
+        lt_uvm *u = l->uvm;
+        s_lease_end(t, l, reason, now);
+        s_uvm_kick(t, u, now);
+        s_uvm_settle(t, u);
+    }
+    s_owner_destroy(t, o);
+    s_cap_dispatch(t, now);
+}
+
+static int s_check_uvm(const char *uvm, size_t *len)
+{
+    if (!uvm)
+        return UVMLEASE_EINVAL;
+    *len = strnlen(uvm, UL_MAX_UVM + 1);
+    return (*len == 0 || *len > UL_MAX_UVM) ? UVMLEASE_EBADUVM : 0;
+}
+
+static uint32_t s_position(lt_waiter *w)
+{
+    uint32_t pos = 1;
+    for (ul_list *n = w->uvm->waiters.next; n != &w->uvm_link; n = n->next)
+        pos++;
+    return pos;
+}
+
+int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
+               lt_acquire_result *res)
+{
+    lt_acquire_result scratch;
+    if (!res)
+        res = &scratch;
+    memset(res, 0, sizeof *res);
+    if (!t || !o || !a)
+        return UVMLEASE_EINVAL;
+    size_t len;
+    int rc = s_check_uvm(a->uvm, &len);
+    if (rc)
+        return rc;
+    const char *label = a->label ? a->label : "";
+    if (strnlen(label, UL_MAX_LABEL + 1) > UL_MAX_LABEL)
+        return UVMLEASE_EBADTEXT;
+    if (a->timeout_ms < -1)
+        return UVMLEASE_EBADVALUE;
+    now = s_clock(t, now);
+
+    lt_lease *old = s_lease_by_rid(t, o, a->rid);
+    lt_waiter *oldw = old ? NULL : s_waiter_by_rid(t, o, a->rid);
+    if (old || oldw) {
+        lt_uvm *ou = old ? old->uvm : oldw->uvm;
+        if (strcmp(ou->id, a->uvm) != 0)
+            return UVMLEASE_EDUPLICATE;
+        res->resent = true;
+        if (old) {
+            old->user = a->user;
+            res->lease = old;
+        } else {
+            oldw->user = a->user;
+            res->waiter = oldw;
+            res->position = s_position(oldw);
+        }
+        return 0;
+    }
+
+    uint64_t h = s_siphash(t->key, a->uvm, len);
+    lt_uvm *u = s_uvm_lookup(t, a->uvm, len, h);
+    if (u && u->quarantine_until && u->quarantine_until <= now) {
+        /* lt_tick has not run since the quarantine ended: end it (and any
+         * earlier ones) now, so a try does not see a stale lock. */
+        s_quar_expire(t, now);
+        s_cap_dispatch(t, now);
+        u = s_uvm_lookup(t, a->uvm, len, h);
+    }
+    if (u && u->draining)
+        return UVMLEASE_EDRAINING;
+    if (u && u->class_set && u->confidential != a->confidential)
+        return UVMLEASE_ECLASS;
+    if (!u && !(u = s_uvm_create(t, a->uvm, len, h)))
+        return UVMLEASE_ENOMEM;
+    if (!u->class_set) {
+        u->class_set = true;
+        u->confidential = a->confidential;
+    }
+
+    bool excl = s_uvm_exclusive(t, u);
+    if (!excl || (u->n_holders == 0 && u->n_waiters == 0 && u->quarantine_until == 0 &&
+                  s_cap_room(t))) {
+        lt_lease *l = s_lease_alloc(t);
+        if (!l) {
+            s_uvm_settle(t, u);
+            return UVMLEASE_ENOMEM;
+        }
+        l->rid = a->rid;
+        s_copy(l->label, label, UL_MAX_LABEL);
+        l->user = a->user;
+        l->waited_ms = 0;
+        s_lease_link(t, u, l, o, now);
+        s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .now = now});
+        res->lease = l;
+        return 0;
+    }
+
+    if (a->timeout_ms == 0) {
+        res->holder = s_first_holder(u);
+        t->stats.busy_refusals++;
+        s_uvm_settle(t, u);
+        return UVMLEASE_EBUSY;
+    }
+
+    uint64_t deadline =
+        a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
+    lt_waiter *w = s_zalloc(t, sizeof *w);
+    lt_lease *spare = w ? s_lease_alloc(t) : NULL;
+    if (!spare || (deadline != LT_NEVER && s_dl_reserve(t) < 0)) {
+        s_free(t, spare);
+        s_free(t, w);
+        s_uvm_settle(t, u);
+        return UVMLEASE_ENOMEM;
+    }
+    w->rid = a->rid;
+    w->uvm = u;
+    w->owner = o;
+    w->confidential = a->confidential;
+    s_copy(w->label, label, UL_MAX_LABEL);
+    w->enqueued_at = now;
+    w->timeout_ms = a->timeout_ms;
+    w->deadline = deadline;
+    w->seq = ++t->seq;
+    w->user = a->user;
+    w->heap_idx = S_NONE;
+    w->spare = spare;
+    ul_list_insert_tail(&u->waiters, &w->uvm_link);
+    ul_list_insert_tail(&o->waiters, &w->owner_link);
+    s_ht_insert(t, &t->waiter_rids, &w->rnode, s_hash_rid(t, o, w->rid));
+    if (deadline != LT_NEVER)
+        s_dl_push(t, w);
+    u->n_waiters++;
+    t->stats.waiters++;
+    s_ready_update(t, u);
+    s_emit(t, &(lt_event){.type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u),
+                          .now = now});
+    res->waiter = w;
+    res->position = u->n_waiters;
+    return 0;
+}
+
+int lt_cancel(lt_table *t, lt_owner *o, uint64_t rid, uint64_t now)
+{
+    if (!t || !o)
+        return UVMLEASE_EINVAL;
+    now = s_clock(t, now);
+    lt_waiter *w = s_waiter_by_rid(t, o, rid);
+    if (!w)
+        return UVMLEASE_ENOTWAITING;
+    lt_uvm *u = w->uvm;
+    s_waiter_end(t, w, UVMLEASE_ECANCELLED, now);
+    s_uvm_settle(t, u);
+    return 0;
+}
+
+/* The owner's own live lease, or why not. */
+static int s_owned_lease(lt_table *t, lt_owner *o, uint64_t lease_id, lt_lease **out)
+{
+    *out = NULL;
+    if (!t || !o)
+        return UVMLEASE_EINVAL;
+    lt_lease *l = lt_lease_find(t, lease_id);
+    if (!l)
+        return s_ring_has(o, lease_id) ? UVMLEASE_EREVOKED : UVMLEASE_ENOLEASE;
+    if (l->owner != o)
+        return UVMLEASE_ENOTOWNER;
+    *out = l;
+    return 0;
+}
+
+int lt_release(lt_table *t, lt_owner *o, uint64_t lease_id, uint64_t now)
+{
+    lt_lease *l;
+    int rc = s_owned_lease(t, o, lease_id, &l);
+    if (rc)
+        return rc;
+    now = s_clock(t, now);
+    lt_uvm *u = l->uvm;
+    s_lease_end(t, l, LT_R_RELEASED, now);
+    s_uvm_kick(t, u, now);
+    s_uvm_settle(t, u);
+    s_cap_dispatch(t, now);
+    return 0;
+}
+
+int lt_phase(lt_table *t, lt_owner *o, uint64_t lease_id, const char *phase, uint64_t now)
+{
+    lt_lease *l;
+    int rc = s_owned_lease(t, o, lease_id, &l);
+    if (rc)
+        return rc;
+    if (!phase)
+        return UVMLEASE_EINVAL;
+    if (strnlen(phase, UL_MAX_PHASE + 1) > UL_MAX_PHASE)
+        return UVMLEASE_EBADTEXT;
+    now = s_clock(t, now);
+    s_copy(l->phase, phase, UL_MAX_PHASE);
+    l->phase_at = now;
+    if (l->n_phases >= UL_PHASES_MAX) {
+        memmove(&l->phases[0], &l->phases[1], (UL_PHASES_MAX - 1) * sizeof l->phases[0]);
+        l->n_phases = UL_PHASES_MAX - 1;
+    }
+    ul_phase_rec *r = &l->phases[l->n_phases++];
+    s_copy(r->phase, phase, UL_MAX_PHASE);
+    r->at_ms = now;
+    s_emit(t, &(lt_event){.type = LT_EV_PHASE, .uvm = l->uvm, .lease = l, .now = now});
+    return 0;
+}
+
+int lt_attach_child(lt_table *t, lt_owner *o, uint64_t lease_id, lt_owner *child)
+{
+    lt_lease *l;
+    int rc = s_owned_lease(t, o, lease_id, &l);
+    if (rc)
+        return rc;
+    if (!child)
+        return UVMLEASE_EINVAL;
+    if (l->child || child == o)
+        return UVMLEASE_EBADVALUE;
+    l->child = child;
+    ul_list_insert_tail(&child->anchored, &l->child_link);
+    return 0;
+}
+
+lt_uvm *lt_uvm_find(lt_table *t, const char *uvm)
+{
+    size_t len;
+    if (!t || s_check_uvm(uvm, &len) != 0)
+        return NULL;
+    return s_uvm_lookup(t, uvm, len, s_siphash(t->key, uvm, len));
+}
+
+lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id)
+{
+    if (!t)
+        return NULL;
+    uint64_t h = s_hash2(t, lease_id, 0);
+    for (lt_hnode *n = s_ht_chain(&t->leases, h); n; n = n->next) {
+        lt_lease *l = ul_container_of(n, lt_lease, hnode);
+        if (n->hash == h && l->id == lease_id)
+            return l;
+    }
+    return NULL;
+}
+
+lt_waiter *lt_waiter_find(lt_owner *o, uint64_t rid)
+{
+    if (!o)
+        return NULL;
+    for (ul_list *n = o->waiters.next; n != &o->waiters; n = n->next) {
+        lt_waiter *w = ul_container_of(n, lt_waiter, owner_link);
+        if (w->rid == rid)
+            return w;
+    }
+    return NULL;
+}
+
+int lt_drain(lt_table *t, const char *uvm, uint64_t now)
+{
+    size_t len;
+    if (!t)
+        return UVMLEASE_EINVAL;
+    int rc = s_check_uvm(uvm, &len);
+    if (rc)
+        return rc;
+    now = s_clock(t, now);
+    uint64_t h = s_siphash(t->key, uvm, len);
+    lt_uvm *u = s_uvm_lookup(t, uvm, len, h);
+    if (!u && !(u = s_uvm_create(t, uvm, len, h)))
+        return UVMLEASE_ENOMEM;
+    if (u->draining)
+        return 0;
+    u->draining = true;
+    s_emit(t, &(lt_event){.type = LT_EV_DRAIN, .uvm = u, .now = now});
+    lt_waiter *w;
+    while ((w = s_head(u)) != NULL)
+        s_waiter_end(t, w, UVMLEASE_EDRAINING, now);
+    s_ready_update(t, u);
+    s_uvm_settle(t, u); /* resets the class if idle; the drain keeps the entry */
+    return 0;
+}
+
+int lt_undrain(lt_table *t, const char *uvm, uint64_t now)
+{
+    if (!t)
+        return UVMLEASE_EINVAL;
+    size_t len;
+    int rc = s_check_uvm(uvm, &len);
+    if (rc)
+        return rc;
+    now = s_clock(t, now);
+    lt_uvm *u = lt_uvm_find(t, uvm);
+    if (!u)
+        return UVMLEASE_EUNKNOWNUVM;
+    if (!u->draining)
+        return 0;
+    u->draining = false;
+    s_emit(t, &(lt_event){.type = LT_EV_UNDRAIN, .uvm = u, .now = now});
+    s_uvm_settle(t, u);
+    return 0;
+}
+
+int lt_revoke(lt_table *t, const char *uvm, uint32_t pid, uint64_t now)
+{
+    if (!t)
+        return UVMLEASE_EINVAL;
+    size_t len;
+    int rc = s_check_uvm(uvm, &len);
+    if (rc)
+        return rc;
+    lt_uvm *u = lt_uvm_find(t, uvm);
+    if (!u)
+        return UVMLEASE_EUNKNOWNUVM;
+    now = s_clock(t, now);
+    unsigned matched = 0;
+    ul_list *n, *tmp;
+    ul_list_foreach_safe(n, tmp, &u->holders)
+    {
+        lt_lease *l = ul_container_of(n, lt_lease, uvm_link);
+        if (pid != 0 && l->pid != pid)
+            continue;
+        s_lease_end(t, l, LT_R_REVOKED, now);
+        matched++;
+    }
+    if (matched == 0)
+        return UVMLEASE_ENOLEASE;
+    s_uvm_kick(t, u, now);
+    s_uvm_settle(t, u);
+    s_cap_dispatch(t, now);
+    return 0;
+}
+
+uint64_t lt_tick(lt_table *t, uint64_t now)
+{
+    if (!t)
+        return LT_NEVER;
+    now = s_clock(t, now);
+    for (;;) {
+        s_dl_clean_top(t);
+        if (t->dl_n == 0 || t->dl[0].deadline > now)
+            break;
+        lt_waiter *w = t->dl[0].w;
+        lt_uvm *u = w->uvm;
+        s_waiter_end(t, w, UVMLEASE_ETIMEDOUT, now);
+        s_uvm_settle(t, u);
+    }
+    s_quar_expire(t, now);
+    if (t->cfg.hold_warn_ms > 0) {
+        ul_list *n;
+        while ((n = ul_list_first(&t->warn)) != NULL) {
+            lt_lease *l = ul_container_of(n, lt_lease, warn_link);
+            if (s_sat_add(l->granted_at, t->cfg.hold_warn_ms) > now)
+                break;
+            ul_list_remove(&l->warn_link);
+            l->overdue = true;
+            t->stats.overdue++;
+            s_emit(t, &(lt_event){.type = LT_EV_OVERDUE, .uvm = l->uvm, .lease = l, .now = now});
+        }
+    }
+    s_cap_dispatch(t, now);
+
+    uint64_t next = LT_NEVER;
+    s_dl_clean_top(t);
+    if (t->dl_n > 0)
+        next = t->dl[0].deadline;
+    ul_list *q = ul_list_first(&t->quar);
+    if (q) {
+        uint64_t until = ul_container_of(q, lt_uvm, quar_link)->quarantine_until;
+        next = until < next ? until : next;
+    }
+    ul_list *wl = ul_list_first(&t->warn);
+    if (wl) {
+        const lt_lease *l = ul_container_of(wl, lt_lease, warn_link);
+        uint64_t due = s_sat_add(l->granted_at, t->cfg.hold_warn_ms);
+        next = due < next ? due : next;
+    }
+    return next;
+}
+
+lt_uvm *lt_uvm_first(lt_table *t)
+{
+    ul_list *n = t ? ul_list_first(&t->all_uvms) : NULL;
+    return n ? ul_container_of(n, lt_uvm, all_link) : NULL;
+}
+
+lt_uvm *lt_uvm_next(lt_table *t, lt_uvm *u)
+{
+    if (!t || !u || u->all_link.next == &t->all_uvms)
+        return NULL;
+    return ul_container_of(u->all_link.next, lt_uvm, all_link);
+}

@@ -1,0 +1,413 @@
+// ctest-timeout: 240
+/*
+ * test_daemon.c — uvmleased as a separate process: flags, single instance,
+ * stop without release, permissions, and hostile peers (with its memory
+ * measured from /proc, so only in the non-sanitized build).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "testutil.h"
+#include "ul_sys.h"
+#include "uvmlease_broker.h"
+
+TestSuite(daemon, .timeout = 120);
+
+#define UVM_C "ffff2a9e0b7d4e3f8a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef@vm"
+
+typedef struct daemon_proc {
+    pid_t pid;
+    char dir[256];
+    char ep[400];
+    char log[400];
+} daemon_proc;
+
+/* Start uvmleased with extra args; stderr into dir/log. */
+static pid_t s_spawn(const char *dir, const char *log, char *const extra[])
+{
+    char bin[512];
+    ut_build_path("uvmleased", bin, sizeof bin);
+    char *argv[32] = {bin, "--runtime-dir", (char *)dir};
+    int n = 3;
+    for (int i = 0; extra && extra[i] && n < 30; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    pid_t pid = ut_fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0)
+            dup2(fd, 2);
+        execv(bin, argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Ping until the broker answers; true when it did within timeout_ms. */
+static bool s_ping(const char *ep, int timeout_ms)
+{
+    uint64_t deadline = ul_now_ms() + (uint64_t)timeout_ms;
+    while (ul_now_ms() < deadline) {
+        struct stat st;
+        if (stat(ep + 6, &st) == 0) {
+            void *s = ut_dealer(ep);
+            ul_request q;
+            ul_reply r;
+            memset(&r, 0, sizeof r);
+            ut_req(&q, UL_OP_PING);
+            int rc = ut_call(s, &q, &r, 500);
+            ut_dealer_close(s);
+            if (rc == 0 && r.err == 0)
+                return true;
+        }
+        usleep(2000);
+    }
+    return false;
+}
+
+static void s_daemon_start(daemon_proc *d, char *const extra[])
+{
+    ut_tmpdir("daemon", d->dir, sizeof d->dir);
+    snprintf(d->ep, sizeof d->ep, "ipc://%s/broker.sock", d->dir);
+    snprintf(d->log, sizeof d->log, "%s/log", d->dir);
+    d->pid = s_spawn(d->dir, d->log, extra);
+    cr_assert(s_ping(d->ep, 10000), "uvmleased did not answer");
+}
+
+static void s_daemon_stop(daemon_proc *d)
+{
+    kill(d->pid, SIGTERM);
+    int code = ut_wait_code(d->pid, 10000);
+    cr_assert_eq(code, 0, "uvmleased exit %d", code);
+    ut_rmrf(d->dir);
+}
+
+static bool s_file_has(const char *path, const char *needle)
+{
+    char buf[65536];
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+static int s_run_daemon(char *const args[], const char *out)
+{
+    char bin[512];
+    ut_build_path("uvmleased", bin, sizeof bin);
+    char *argv[16] = {bin};
+    int n = 1;
+    for (int i = 0; args[i] && n < 15; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    pid_t pid = ut_fork();
+    if (pid == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(bin, argv);
+        _exit(127);
+    }
+    return ut_wait_code(pid, 10000);
+}
+
+Test(daemon, flags)
+{
+    char dir[256], out[300];
+    ut_tmpdir("flags", dir, sizeof dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    cr_assert_eq(s_run_daemon((char *[]){"--version", NULL}, out), 0);
+    cr_assert(s_file_has(out, "uvmleased "));
+    cr_assert_eq(s_run_daemon((char *[]){"--help", NULL}, out), 0);
+    cr_assert(s_file_has(out, "--quarantine-ms"));
+    cr_assert_eq(s_run_daemon((char *[]){"--bogus", NULL}, out), 2);
+    cr_assert(s_file_has(out, "--bogus"));
+    cr_assert_eq(s_run_daemon((char *[]){"--serialize", "sometimes", NULL}, out), 2);
+    cr_assert(s_file_has(out, "sometimes"));
+    cr_assert_eq(s_run_daemon((char *[]){"--quarantine-ms", "-5", NULL}, out), 2);
+    cr_assert_eq(s_run_daemon((char *[]){"--max-active", "12x", NULL}, out), 2);
+    cr_assert_eq(s_run_daemon((char *[]){"--endpoint", "tcp://127.0.0.1:1", NULL}, out), 2);
+    cr_assert(s_file_has(out, "ipc://"));
+    cr_assert_eq(s_run_daemon((char *[]){"--log-level", "loud", NULL}, out), 2);
+    ut_rmrf(dir);
+}
+
+Test(daemon, second_instance_refused)
+{
+    daemon_proc d;
+    s_daemon_start(&d, NULL);
+    char log2[400];
+    snprintf(log2, sizeof log2, "%s/log2", d.dir);
+    pid_t p2 = s_spawn(d.dir, log2, NULL);
+    int code = ut_wait_code(p2, 10000);
+    cr_assert_eq(code, 1, "second uvmleased exited %d", code);
+    char want[64];
+    snprintf(want, sizeof want, "pid %d", (int)d.pid);
+    cr_assert(s_file_has(log2, want), "second instance does not name the first's pid");
+    cr_assert(s_ping(d.ep, 2000), "first instance stopped serving");
+    s_daemon_stop(&d);
+}
+
+Test(daemon, stale_socket_is_cleaned_up)
+{
+    daemon_proc d;
+    s_daemon_start(&d, NULL);
+    kill(d.pid, SIGKILL);
+    cr_assert_eq(ut_wait_code(d.pid, 10000), 1000 + SIGKILL);
+    struct stat st;
+    cr_assert_eq(stat(d.ep + 6, &st), 0, "expected a stale socket after kill -9");
+    d.pid = s_spawn(d.dir, d.log, NULL);
+    cr_assert(s_ping(d.ep, 10000), "restart over a stale socket failed");
+    s_daemon_stop(&d);
+}
+
+static void s_put_q(void *ctx) { ut_chan_put(ctx, 'Q'); }
+
+Test(daemon, sigterm_stops_without_handing_on)
+{
+    daemon_proc d;
+    s_daemon_start(&d, NULL);
+    ut_chan held, go;
+    ut_chan_open(&held);
+    ut_chan_open(&go);
+    pid_t h = ut_fork();
+    if (h == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "h", UL_TIMEOUT_FOREVER, &r, NULL, NULL, 5000))
+            _exit(10);
+        ut_chan_put(&held, 'G');
+        ut_chan_get(&go, 20000);
+        _exit(0);
+    }
+    cr_assert_eq(ut_chan_get(&held, 10000), 'G');
+    ut_chan queued;
+    ut_chan_open(&queued);
+    pid_t w = ut_fork();
+    if (w == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        int rc = ut_acquire(s, UVM_C, true, "w", UL_TIMEOUT_FOREVER, &r, s_put_q, &queued, 3000);
+        /* -1: nothing arrived after "queued" — in particular no grant. */
+        _exit(rc == -1 ? 0 : 10);
+    }
+    cr_assert_eq(ut_chan_get(&queued, 10000), 'Q');
+    kill(d.pid, SIGTERM);
+    cr_assert_eq(ut_wait_code(d.pid, 10000), 0);
+    cr_assert(s_file_has(d.log, "msg=\"broker stopped\""));
+    cr_assert(s_file_has(d.log, "holders=1"));
+    cr_assert_eq(ut_wait_code(w, 10000), 0, "a waiter was granted because the broker stopped");
+    ut_chan_put(&go, 'x');
+    ut_wait(h, 5000);
+    ut_rmrf(d.dir);
+}
+
+/* In a child: drop to nobody (with the given supplementary groups) and
+ * connect(2) to the socket. Exit 0 if connected, 1 if EACCES, 2 other. */
+static int s_connect_as_nobody(const char *path, const gid_t *groups, int ngroups)
+{
+    struct passwd *pw = getpwnam("nobody");
+    if (!pw)
+        return 3;
+    if (setgroups((size_t)ngroups, groups) < 0 || setgid(pw->pw_gid) < 0 ||
+        setuid(pw->pw_uid) < 0)
+        return 4;
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+        return 0;
+    return errno == EACCES ? 1 : 2;
+}
+
+Test(daemon, only_the_socket_group_may_connect)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to nobody");
+    struct group *gr = getgrnam("users");
+    cr_assert(gr, "group 'users' missing");
+    gid_t users = gr->gr_gid;
+    char parent[256], dir[300], log[400], ep[420];
+    ut_tmpdir("perm", parent, sizeof parent);
+    chmod(parent, 0755);
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    snprintf(log, sizeof log, "%s/log", parent);
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
+    pid_t d = s_spawn(dir, log, (char *[]){"--socket-group", "users", NULL});
+    cr_assert(s_ping(ep, 10000));
+    struct stat st;
+    cr_assert_eq(stat(dir, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0750, "dir mode %o", st.st_mode & 0777);
+    cr_assert_eq(st.st_gid, users);
+    cr_assert_eq(stat(ep + 6, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0660, "socket mode %o", st.st_mode & 0777);
+    cr_assert_eq(st.st_gid, users);
+
+    pid_t out = ut_fork();
+    if (out == 0)
+        _exit(s_connect_as_nobody(ep + 6, NULL, 0));
+    cr_assert_eq(ut_wait_code(out, 5000), 1, "nobody outside the group could connect");
+    pid_t in = ut_fork();
+    if (in == 0)
+        _exit(s_connect_as_nobody(ep + 6, &users, 1));
+    cr_assert_eq(ut_wait_code(in, 5000), 0, "a member of the socket group could not connect");
+    kill(d, SIGTERM);
+    cr_assert_eq(ut_wait_code(d, 10000), 0);
+    ut_rmrf(parent);
+}
+
+/* ---- hostile peers ------------------------------------------------------ */
+
+static void s_check_memory(pid_t pid, const char *after)
+{
+    long rss = ut_status_kb(pid, "VmRSS"), peak = ut_status_kb(pid, "VmPeak");
+    fprintf(stderr, "after %-28s VmRSS %6ld kB  VmPeak %8ld kB\n", after, rss, peak);
+    cr_assert(rss > 0 && rss < 64 * 1024, "RSS %ld kB after %s", rss, after);
+    cr_assert(peak > 0 && peak < 2L * 1024 * 1024, "VmPeak %ld kB after %s", peak, after);
+}
+
+static void s_still_serves(const daemon_proc *d, const char *after)
+{
+    cr_assert(s_ping(d->ep, 5000), "broker stopped serving after %s", after);
+    cr_assert_eq(kill(d->pid, 0), 0, "broker died after %s", after);
+    s_check_memory(d->pid, after);
+}
+
+/* Send raw bytes as one frame; return the error code of the reply, or -1
+ * when nothing came back within timeout_ms. */
+static int s_raw(void *s, const void *bytes, size_t len, int timeout_ms)
+{
+    if (zmq_send(s, bytes, len, 0) < 0)
+        return -2;
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    int rc = ut_recv(s, &r, timeout_ms);
+    if (rc)
+        return -1;
+    int e = (int)r.err;
+    ul_reply_free(&r);
+    return e;
+}
+
+Test(daemon, hostile_peers)
+{
+#ifdef UL_SANITIZED
+    cr_skip_test("memory figures are meaningless under ASan (shadow memory, quarantine)");
+#endif
+    daemon_proc d;
+    s_daemon_start(&d, (char *[]){"--log-level", "error", NULL});
+    s_check_memory(d.pid, "start");
+    void *s = ut_dealer(d.ep);
+
+    static const struct {
+        const char *name;
+        const char *bytes;
+        size_t len;
+    } bombs[] = {
+        {"array32 16M", "\xdd\x00\xff\xff\xff", 5},
+        {"array32 268M", "\xdd\x0f\xff\xff\xff", 5},
+        {"array32 4G", "\xdd\xff\xff\xff\xff", 5},
+        {"map32 16M", "\xdf\x00\xff\xff\xff", 5},
+        {"str32 4GiB", "\xdb\xff\xff\xff\xff", 5},
+    };
+    for (size_t i = 0; i < sizeof bombs / sizeof bombs[0]; i++) {
+        int e = s_raw(s, bombs[i].bytes, bombs[i].len, 5000);
+        cr_assert(e > 0, "%s: no error reply (%d)", bombs[i].name, e);
+    }
+    unsigned char nested[31 * 5];
+    for (int i = 0; i < 31; i++)
+        memcpy(nested + i * 5, "\xdd\x00\x00\x00\x01", 5);
+    cr_assert(s_raw(s, nested, sizeof nested, 5000) > 0);
+    s_still_serves(&d, "msgpack bombs");
+
+    /* 10 MB frame: above ZMQ_MAXMSGSIZE, libzmq drops the connection. */
+    size_t big = 10u << 20;
+    char *buf = calloc(1, big);
+    cr_assert(buf);
+    memset(buf, 0x91, big);
+    zmq_send(s, buf, big, 0);
+    free(buf);
+    s_still_serves(&d, "a 10 MB frame");
+    ut_dealer_close(s);
+
+    /* 1,000 frames in one message. */
+    s = ut_dealer(d.ep);
+    for (int i = 0; i < 999; i++)
+        zmq_send(s, "\x80", 1, ZMQ_SNDMORE);
+    zmq_send(s, "\x80", 1, 0);
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(ut_recv(s, &r, 5000), 0);
+    cr_assert_eq(r.err, UVMLEASE_EMULTIPART);
+    ul_reply_free(&r);
+    s_still_serves(&d, "a 1000-frame message");
+
+    /* Garbage. */
+    unsigned seed = 12345;
+    char junk[4096];
+    for (int i = 0; i < 2000; i++) {
+        size_t n = (size_t)(rand_r(&seed) % sizeof junk);
+        for (size_t k = 0; k < n; k++)
+            junk[k] = (char)rand_r(&seed);
+        zmq_send(s, junk, n, 0);
+    }
+    s_still_serves(&d, "2000 garbage messages");
+    ut_dealer_close(s);
+
+    /* A flood of 10,000 requests from one peer that does not read replies,
+     * then 10,000 try-acquires of distinct UVMs (bounded per process). */
+    s = ut_dealer(d.ep);
+    ul_request q;
+    for (int i = 0; i < 10000; i++) {
+        ut_req(&q, UL_OP_PING);
+        ut_send(s, &q);
+    }
+    s_still_serves(&d, "10,000 unread pings");
+    ut_dealer_close(s);
+
+    pid_t flooder = ut_fork();
+    if (flooder == 0) {
+        void *fs = ut_dealer(d.ep);
+        int granted = 0, limited = 0;
+        for (int i = 0; i < 10000; i++) {
+            ul_request a;
+            ut_req(&a, UL_OP_ACQUIRE);
+            snprintf(a.uvm, sizeof a.uvm, "flood-%05d@vm", i);
+            a.confidential = true;
+            a.timeout_ms = 0;
+            ul_reply ar;
+            memset(&ar, 0, sizeof ar);
+            if (ut_call(fs, &a, &ar, 5000))
+                _exit(10);
+            if (ar.err == 0)
+                granted++;
+            else if (ar.err == UVMLEASE_ERESOURCE)
+                limited++;
+            ul_reply_free(&ar);
+        }
+        fprintf(stderr, "flood: granted %d, refused by the per-process limit %d\n", granted,
+                limited);
+        _exit(granted == 1024 && limited == 10000 - 1024 ? 0 : 11);
+    }
+    cr_assert_eq(ut_wait_code(flooder, 60000), 0);
+    s_still_serves(&d, "10,000 acquires from one peer");
+    s_daemon_stop(&d);
+}

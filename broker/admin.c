@@ -1,39 +1,676 @@
 /*
- * admin.c — the admin view and control operations (list, show, watch,
- * stats, drain, undrain, force-release) and the hooks the loop calls for
- * them.
+ * admin.c — the admin view and control operations: list, show, watch,
+ * stats (read-only, open to anyone who can connect) and drain, undrain,
+ * force-release (uid 0 or the admin group, audited).
+ *
+ * Also the hooks the loop calls: table events become watch events and
+ * histogram observations; forced kills have timers.
  */
-#include "broker_internal.h"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-void ul_broker_admin(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+#include "broker_internal.h"
+#include "ul_sys.h"
+
+#define S_MAX_WATCHERS 64
+#define S_MAX_KILLS 256
+#define S_LIST_HOLDERS_MAX 64
+
+/* Histogram bucket upper bounds, microseconds. */
+static const uint64_t s_bounds_us[] = {
+    1000,     2000,     5000,     10000,     25000,     50000,     100000,    250000,
+    500000,   1000000,  2500000,  5000000,   10000000,  30000000,  60000000,  120000000,
+    300000000, 600000000,
+};
+#define S_NBOUNDS (sizeof s_bounds_us / sizeof s_bounds_us[0])
+
+/* Phases with a histogram of their own; anything else counts as "other"
+ * (phase names are client text: no unbounded label cardinality). */
+static const char *const s_known_phases[] = {"cim-mount", "scratch-attach", "combine-layers",
+                                             "guest-create", "other"};
+#define S_NPHASES (sizeof s_known_phases / sizeof s_known_phases[0])
+
+typedef struct hist {
+    uint64_t counts[S_NBOUNDS];
+    uint64_t sum_us;
+    uint64_t count;
+} hist;
+
+typedef struct watcher {
+    broute route;
+    uint32_t pid;
+} watcher;
+
+typedef struct kill_job {
+    bproc *proc;         /* removed by ul_broker_proc_gone_hook before it is freed */
+    uint64_t sigkill_at; /* monotonic ms; 0 once SIGKILL was sent */
+} kill_job;
+
+typedef struct ul_admin {
+    watcher watchers[S_MAX_WATCHERS];
+    uint32_t n_watchers;
+    kill_job kills[S_MAX_KILLS];
+    uint32_t n_kills;
+    hist wait, hold, handoff, phase[S_NPHASES];
+} ul_admin;
+
+static ul_admin *s_admin(uvmlease_broker *b)
 {
-    ul_broker_reply_error(b, peer, req, UVMLEASE_ENOTIMPL,
-                          "admin and view operations are not available in this broker yet");
+    if (!b->admin)
+        b->admin = calloc(1, sizeof *b->admin);
+    return b->admin;
+}
+
+void ul_broker_admin_free(uvmlease_broker *b)
+{
+    free(b->admin);
+    b->admin = NULL;
+}
+
+static void s_observe(hist *h, uint64_t us)
+{
+    for (size_t i = 0; i < S_NBOUNDS; i++) {
+        if (us <= s_bounds_us[i]) {
+            h->counts[i]++;
+            break;
+        }
+    }
+    h->sum_us += us;
+    h->count++;
+}
+
+static size_t s_phase_slot(const char *phase)
+{
+    for (size_t i = 0; i + 1 < S_NPHASES; i++)
+        if (strcmp(phase, s_known_phases[i]) == 0)
+            return i;
+    return S_NPHASES - 1;
+}
+
+/* ---- authorization and audit ------------------------------------------- */
+
+static bool s_is_admin(const uvmlease_broker *b, const ul_peer *peer)
+{
+    if (peer->uid == 0)
+        return true;
+    /* Peer-Address carries only the primary gid: read the supplementary
+     * groups from /proc. */
+    return b->have_admin_gid && ul_proc_in_group((pid_t)peer->pid, b->admin_gid);
+}
+
+static void s_audit(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
+                    const char *result)
+{
+    char uid[16], pid[16], comm[UL_MAX_COMM + 1], target[16] = "";
+    snprintf(uid, sizeof uid, "%u", peer->uid);
+    snprintf(pid, sizeof pid, "%u", peer->pid);
+    ul_proc_comm((pid_t)peer->pid, comm, sizeof comm);
+    if (req->op == UL_OP_FORCE_RELEASE && req->pid)
+        snprintf(target, sizeof target, "%u", req->pid);
+    const char *mode = req->op != UL_OP_FORCE_RELEASE ? ""
+                       : req->mode == UL_FORCE_KILL   ? "kill"
+                                                      : "revoke";
+    ul_log(&b->log, UL_LOG_WARN, "audit", "action", ul_op_name(req->op), "mode", mode, "uvm",
+           req->uvm, "target_pid", target, "uid", uid, "pid", pid, "comm", comm, "reason",
+           req->reason, "result", result, NULL);
+}
+
+/* ---- views ------------------------------------------------------------- */
+
+static void s_fill_info(uvmlease_broker *b, const lt_uvm *u, uint64_t now, ul_uvm_info *info,
+                        bool full, ul_holder *holders, uint32_t max_holders,
+                        ul_waiter_info *waiters, uint32_t max_waiters)
+{
+    memset(info, 0, sizeof *info);
+    snprintf(info->uvm, sizeof info->uvm, "%s", u->id);
+    info->confidential = u->confidential;
+    info->draining = u->draining;
+    info->quarantine_ms_left = u->quarantine_until > now ? u->quarantine_until - now : 0;
+    info->waiter_count = u->n_waiters;
+    info->holders = holders;
+    const ul_list *pos;
+    for (pos = u->holders.next; pos != &u->holders && info->n_holders < max_holders;
+         pos = pos->next) {
+        const lt_lease *l = ul_container_of(pos, lt_lease, uvm_link);
+        ul_broker_fill_holder(b, l, now, &holders[info->n_holders++], full);
+    }
+    if (!full)
+        return;
+    info->waiters = waiters;
+    for (pos = u->waiters.next; pos != &u->waiters && info->n_waiters < max_waiters;
+         pos = pos->next) {
+        const lt_waiter *w = ul_container_of(pos, lt_waiter, uvm_link);
+        ul_waiter_info *wi = &waiters[info->n_waiters++];
+        memset(wi, 0, sizeof *wi);
+        if (w->owner) {
+            wi->pid = w->owner->id.pid;
+            wi->uid = w->owner->id.uid;
+            snprintf(wi->comm, sizeof wi->comm, "%s", w->owner->id.comm);
+        }
+        snprintf(wi->label, sizeof wi->label, "%s", w->label);
+        wi->waited_ms = now - w->enqueued_at;
+        wi->timeout_ms = w->timeout_ms;
+    }
+    if (u->last.valid) {
+        info->has_last_release = true;
+        snprintf(info->last_reason, sizeof info->last_reason, "%s",
+                 lt_reason_name(u->last.reason));
+        info->last_pid = u->last.pid;
+        info->last_at_ms = ul_broker_wall_of(b, u->last.at);
+    }
+}
+
+static int s_cmp_uvm(const void *a, const void *b)
+{
+    const lt_uvm *const *x = a, *const *y = b;
+    return strcmp((*x)->id, (*y)->id);
+}
+
+static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    const lt_stats *st = lt_stats_get(b->table);
+    size_t n = 0, cap = st->uvms ? st->uvms : 1;
+    lt_uvm **all = malloc(cap * sizeof *all);
+    if (!all) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
+        return;
+    }
+    for (lt_uvm *u = lt_uvm_first(b->table); u && n < cap; u = lt_uvm_next(b->table, u))
+        all[n++] = u;
+    /* Sorted by UVM id, so "after" is a stable cursor across pages even
+     * when entries come and go in between. */
+    qsort(all, n, sizeof *all, s_cmp_uvm);
+    size_t first = 0;
+    if (req->after[0]) {
+        size_t lo = 0, hi = n;
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (strcmp(all[mid]->id, req->after) <= 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        first = lo;
+    }
+    uint32_t limit = req->limit && req->limit < UL_LIST_PAGE_MAX ? req->limit : UL_LIST_PAGE_MAX;
+    uint64_t now = ul_now_ms();
+    for (;;) {
+        uint32_t page = (uint32_t)(n - first < limit ? n - first : limit);
+        ul_reply rep;
+        memset(&rep, 0, sizeof rep);
+        rep.kind = UL_MSG_REPLY;
+        rep.rid = req->rid;
+        rep.op = req->op;
+        rep.n_uvms = page;
+        rep.uvms = calloc(page ? page : 1, sizeof *rep.uvms);
+        ul_holder *holders = calloc((size_t)(page ? page : 1) * S_LIST_HOLDERS_MAX,
+                                    sizeof *holders);
+        if (!rep.uvms || !holders) {
+            free(rep.uvms);
+            free(holders);
+            free(all);
+            ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
+            return;
+        }
+        for (uint32_t i = 0; i < page; i++)
+            s_fill_info(b, all[first + i], now, &rep.uvms[i], false,
+                        holders + (size_t)i * S_LIST_HOLDERS_MAX, S_LIST_HOLDERS_MAX, NULL, 0);
+        rep.more = first + page < n;
+        /* Long labels on many holders can exceed a reply frame: halve the
+         * page until it fits; the client asks for the rest with "after". */
+        rep.version = UL_PROTO_VERSION;
+        rep.instance = b->instance;
+        b->out.len = 0;
+        int rc = ul_reply_encode(&rep, &b->out);
+        bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
+        if (fits || limit == 1) {
+            if (fits)
+                ul_broker_send(b, peer->route, &rep);
+            else
+                ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
+            free(rep.uvms);
+            free(holders);
+            break;
+        }
+        free(rep.uvms);
+        free(holders);
+        limit /= 2;
+    }
+    free(all);
+}
+
+static void s_show(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    const lt_uvm *u = lt_uvm_find(b->table, req->uvm);
+    if (!u) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_EUNKNOWNUVM, NULL);
+        return;
+    }
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    rep.kind = UL_MSG_REPLY;
+    rep.rid = req->rid;
+    rep.op = req->op;
+    ul_uvm_info info;
+    uint32_t nh = u->n_holders < S_LIST_HOLDERS_MAX ? u->n_holders : S_LIST_HOLDERS_MAX;
+    uint32_t nw = u->n_waiters < UL_SHOW_WAITERS_MAX ? u->n_waiters : UL_SHOW_WAITERS_MAX;
+    ul_holder *holders = calloc(nh ? nh : 1, sizeof *holders);
+    ul_waiter_info *waiters = calloc(nw ? nw : 1, sizeof *waiters);
+    if (!holders || !waiters) {
+        free(holders);
+        free(waiters);
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
+        return;
+    }
+    s_fill_info(b, u, ul_now_ms(), &info, true, holders, nh, waiters, nw);
+    rep.n_uvms = 1;
+    rep.uvms = &info;
+    ul_broker_send(b, peer->route, &rep);
+    free(holders);
+    free(waiters);
+}
+
+static void s_counter(ul_counter *c, uint32_t *n, const char *name, const char *lkey,
+                      const char *lval, uint64_t v)
+{
+    ul_counter *x = &c[(*n)++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->name, sizeof x->name, "%s", name);
+    if (lkey) {
+        snprintf(x->lkey, sizeof x->lkey, "%s", lkey);
+        snprintf(x->lval, sizeof x->lval, "%s", lval);
+    }
+    x->value = v;
+}
+
+static void s_hist(ul_histogram *h, uint32_t *n, const char *name, const char *lkey,
+                   const char *lval, const hist *src)
+{
+    ul_histogram *x = &h[(*n)++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->name, sizeof x->name, "%s", name);
+    if (lkey) {
+        snprintf(x->lkey, sizeof x->lkey, "%s", lkey);
+        snprintf(x->lval, sizeof x->lval, "%s", lval);
+    }
+    x->n_buckets = S_NBOUNDS;
+    for (size_t i = 0; i < S_NBOUNDS; i++) {
+        x->le_us[i] = s_bounds_us[i];
+        x->counts[i] = src->counts[i];
+    }
+    x->sum_us = src->sum_us;
+    x->count = src->count;
+}
+
+static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    ul_admin *a = s_admin(b);
+    if (!a) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
+        return;
+    }
+    const lt_stats *st = lt_stats_get(b->table);
+    ul_counter counters[64];
+    ul_histogram hists[8];
+    uint32_t nc = 0, nh = 0;
+    s_counter(counters, &nc, "grants_total", NULL, NULL, st->grants);
+    for (int r = 0; r < LT_R_COUNT_; r++)
+        s_counter(counters, &nc, "releases_total", "reason", lt_reason_name((lt_reason)r),
+                  st->releases[r]);
+    s_counter(counters, &nc, "timeouts_total", NULL, NULL, st->timeouts);
+    s_counter(counters, &nc, "cancels_total", NULL, NULL, st->cancels);
+    s_counter(counters, &nc, "drained_waiters_total", NULL, NULL, st->drained_waiters);
+    s_counter(counters, &nc, "overdue_total", NULL, NULL, st->overdue);
+    s_counter(counters, &nc, "busy_refusals_total", NULL, NULL, st->busy_refusals);
+    for (int code = 1; code < 128 && nc < 56; code++)
+        if (b->rejected_by_code[code])
+            s_counter(counters, &nc, "rejected_messages_total", "error", ul_status_name(code),
+                      b->rejected_by_code[code]);
+    s_counter(counters, &nc, "holders", NULL, NULL, st->holders);
+    s_counter(counters, &nc, "waiters", NULL, NULL, st->waiters);
+    s_counter(counters, &nc, "uvms", NULL, NULL, st->uvms);
+    s_counter(counters, &nc, "processes", NULL, NULL, b->n_procs);
+    s_hist(hists, &nh, "wait_seconds", NULL, NULL, &a->wait);
+    s_hist(hists, &nh, "hold_seconds", NULL, NULL, &a->hold);
+    s_hist(hists, &nh, "handoff_seconds", NULL, NULL, &a->handoff);
+    for (size_t i = 0; i < S_NPHASES; i++)
+        s_hist(hists, &nh, "phase_seconds", "phase", s_known_phases[i], &a->phase[i]);
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    rep.kind = UL_MSG_REPLY;
+    rep.rid = req->rid;
+    rep.op = req->op;
+    rep.n_counters = nc;
+    rep.counters = counters;
+    rep.n_hists = nh;
+    rep.hists = hists;
+    ul_broker_send(b, peer->route, &rep);
+}
+
+/* ---- watch ------------------------------------------------------------- */
+
+static void s_watch(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    ul_admin *a = s_admin(b);
+    int err = 0;
+    bproc *p = a ? ul_broker_proc_get(b, peer->pid, peer->uid, &err) : NULL;
+    if (!p) {
+        ul_broker_reply_error(b, peer, req, a ? err : UVMLEASE_ENOMEM, NULL);
+        return;
+    }
+    for (uint32_t i = 0; i < a->n_watchers; i++) {
+        watcher *w = &a->watchers[i];
+        if (w->route.len == peer->route->len &&
+            memcmp(w->route.id, peer->route->id, w->route.len) == 0) {
+            if (req->op == UL_OP_UNWATCH)
+                a->watchers[i] = a->watchers[--a->n_watchers];
+            ul_reply rep;
+            memset(&rep, 0, sizeof rep);
+            rep.kind = UL_MSG_REPLY;
+            rep.rid = req->rid;
+            rep.op = req->op;
+            ul_broker_send(b, peer->route, &rep);
+            ul_broker_proc_maybe_forget(b, p);
+            return;
+        }
+    }
+    if (req->op == UL_OP_UNWATCH) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_EINVAL, "not watching");
+        ul_broker_proc_maybe_forget(b, p);
+        return;
+    }
+    if (a->n_watchers >= S_MAX_WATCHERS) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE, "too many watchers");
+        ul_broker_proc_maybe_forget(b, p);
+        return;
+    }
+    a->watchers[a->n_watchers].route = *peer->route;
+    a->watchers[a->n_watchers].pid = peer->pid;
+    a->n_watchers++;
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    rep.kind = UL_MSG_REPLY;
+    rep.rid = req->rid;
+    rep.op = req->op;
+    ul_broker_send(b, peer->route, &rep);
+}
+
+static void s_emit(uvmlease_broker *b, ul_event *ev)
+{
+    ul_admin *a = b->admin;
+    if (!a || a->n_watchers == 0)
+        return;
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    rep.kind = UL_MSG_EVENT;
+    ev->at_ms = ul_wall_ms();
+    rep.event = *ev;
+    for (uint32_t i = 0; i < a->n_watchers; i++)
+        ul_broker_send(b, &a->watchers[i].route, &rep);
+}
+
+static void s_event_from_lease(ul_event *e, ul_event_type t, const lt_lease *l)
+{
+    memset(e, 0, sizeof *e);
+    e->type = t;
+    snprintf(e->uvm, sizeof e->uvm, "%s", l->uvm->id);
+    const lt_owner *o = l->owner ? l->owner : l->child;
+    e->pid = o ? o->id.pid : 0;
+    snprintf(e->label, sizeof e->label, "%s", l->label);
+    snprintf(e->phase, sizeof e->phase, "%s", l->phase);
+    e->lease = l->id;
+    e->fence = l->fence;
 }
 
 void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev)
 {
-    (void)b;
-    (void)ev;
+    ul_admin *a = s_admin(b);
+    if (!a)
+        return;
+    ul_event e;
+    switch (ev->type) {
+    case LT_EV_GRANTED:
+        s_observe(&a->wait, ev->lease->waited_ms * 1000);
+        if (ev->waiter && ev->lease->uvm->last.valid && ev->now >= ev->lease->uvm->last.at)
+            s_observe(&a->handoff, (ev->now - ev->lease->uvm->last.at) * 1000);
+        s_event_from_lease(&e, UL_EV_GRANT, ev->lease);
+        e.duration_ms = ev->lease->waited_ms;
+        break;
+    case LT_EV_RELEASED:
+        s_observe(&a->hold, (ev->now - ev->lease->granted_at) * 1000);
+        if (ev->lease->phase[0])
+            s_observe(&a->phase[s_phase_slot(ev->lease->phase)],
+                      (ev->now - ev->lease->phase_at) * 1000);
+        s_event_from_lease(&e, UL_EV_RELEASE, ev->lease);
+        snprintf(e.reason, sizeof e.reason, "%s", lt_reason_name(ev->reason));
+        e.duration_ms = ev->now - ev->lease->granted_at;
+        break;
+    case LT_EV_PHASE: {
+        const lt_lease *l = ev->lease;
+        /* The phase before this one just ended. */
+        if (l->n_phases >= 2) {
+            const ul_phase_rec *prev = &l->phases[l->n_phases - 2];
+            s_observe(&a->phase[s_phase_slot(prev->phase)], (ev->now - prev->at_ms) * 1000);
+        }
+        s_event_from_lease(&e, UL_EV_PHASE, l);
+        break;
+    }
+    case LT_EV_OVERDUE:
+        s_event_from_lease(&e, UL_EV_OVERDUE, ev->lease);
+        e.duration_ms = ev->now - ev->lease->granted_at;
+        break;
+    case LT_EV_FAILED:
+    case LT_EV_QUEUED: {
+        const lt_waiter *w = ev->waiter;
+        memset(&e, 0, sizeof e);
+        e.type = ev->type == LT_EV_QUEUED          ? UL_EV_QUEUED
+                 : ev->err == UVMLEASE_ETIMEDOUT ? UL_EV_TIMEOUT
+                                                 : UL_EV_CANCEL;
+        snprintf(e.uvm, sizeof e.uvm, "%s", w->uvm->id);
+        e.pid = w->owner ? w->owner->id.pid : 0;
+        snprintf(e.label, sizeof e.label, "%s", w->label);
+        if (ev->type == LT_EV_FAILED)
+            snprintf(e.reason, sizeof e.reason, "%s", ul_status_name(ev->err));
+        e.duration_ms = ev->now - w->enqueued_at;
+        break;
+    }
+    case LT_EV_DRAIN:
+    case LT_EV_UNDRAIN:
+        memset(&e, 0, sizeof e);
+        e.type = ev->type == LT_EV_DRAIN ? UL_EV_DRAIN : UL_EV_UNDRAIN;
+        if (ev->uvm)
+            snprintf(e.uvm, sizeof e.uvm, "%s", ev->uvm->id);
+        break;
+    default:
+        return;
+    }
+    s_emit(b, &e);
 }
+
+/* ---- control ----------------------------------------------------------- */
+
+static bool s_kill_add(ul_admin *a, bproc *p, uint64_t at)
+{
+    for (uint32_t i = 0; i < a->n_kills; i++)
+        if (a->kills[i].proc == p)
+            return true;
+    if (a->n_kills >= S_MAX_KILLS)
+        return false;
+    a->kills[a->n_kills].proc = p;
+    a->kills[a->n_kills].sigkill_at = at;
+    a->n_kills++;
+    return true;
+}
+
+/* Signal the processes that keep the UVM's leases (holder and watched
+ * child) through their pidfds; their deaths, seen on the pidfds, release
+ * the leases with reason "killed". */
+static int s_kill(uvmlease_broker *b, lt_uvm *u, uint32_t pid, uint64_t now, uint32_t *signalled)
+{
+    ul_admin *a = s_admin(b);
+    if (!a)
+        return UVMLEASE_ENOMEM;
+    *signalled = 0;
+    const ul_list *pos;
+    for (pos = u->holders.next; pos != &u->holders; pos = pos->next) {
+        const lt_lease *l = ul_container_of(pos, lt_lease, uvm_link);
+        lt_owner *anchors[2] = {l->owner, l->child};
+        uint32_t holder_pid = l->owner ? l->owner->id.pid : l->child ? l->child->id.pid : 0;
+        if (pid && holder_pid != pid)
+            continue;
+        for (int k = 0; k < 2; k++) {
+            bproc *p = anchors[k] ? anchors[k]->user : NULL;
+            if (!p || p->kill_pending)
+                continue;
+            if (!s_kill_add(a, p, now + b->cfg.kill_grace_ms))
+                return UVMLEASE_ERESOURCE;
+            p->kill_pending = true;
+            ul_pidfd_send_signal(p->pidfd, SIGTERM);
+            (*signalled)++;
+        }
+    }
+    return *signalled ? 0 : UVMLEASE_ENOLEASE;
+}
+
+static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    if (!s_is_admin(b, peer)) {
+        s_audit(b, peer, req, "denied");
+        ul_broker_reply_error(b, peer, req, UVMLEASE_EPERM,
+                              b->have_admin_gid
+                                  ? "needs uid 0 or membership in the broker's admin group"
+                                  : "needs uid 0 (the broker has no admin group)");
+        return;
+    }
+    uint64_t now = ul_now_ms();
+    int rc;
+    uint32_t signalled = 0;
+    char detail[UL_MAX_DETAIL + 1] = "";
+    switch (req->op) {
+    case UL_OP_DRAIN:
+        rc = lt_drain(b->table, req->uvm, now);
+        break;
+    case UL_OP_UNDRAIN:
+        rc = lt_undrain(b->table, req->uvm, now);
+        break;
+    default: {
+        lt_uvm *u = lt_uvm_find(b->table, req->uvm);
+        if (!u) {
+            rc = UVMLEASE_EUNKNOWNUVM;
+            break;
+        }
+        if (req->mode == UL_FORCE_KILL) {
+            rc = s_kill(b, u, req->pid, now, &signalled);
+            if (rc == 0)
+                snprintf(detail, sizeof detail,
+                         "signalled %u process(es); the lease is handed on once they are dead",
+                         signalled);
+        } else {
+            rc = lt_revoke(b->table, req->uvm, req->pid, now);
+        }
+        if (rc == 0) {
+            ul_event e;
+            memset(&e, 0, sizeof e);
+            e.type = UL_EV_FORCE;
+            snprintf(e.uvm, sizeof e.uvm, "%s", req->uvm);
+            e.pid = req->pid;
+            snprintf(e.reason, sizeof e.reason, "%s", req->reason);
+            snprintf(e.phase, sizeof e.phase, "%s",
+                     req->mode == UL_FORCE_KILL ? "kill" : "revoke");
+            s_emit(b, &e);
+        }
+        break;
+    }
+    }
+    s_audit(b, peer, req, rc == 0 ? "ok" : ul_status_name(rc));
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    rep.kind = UL_MSG_REPLY;
+    rep.rid = req->rid;
+    rep.op = req->op;
+    rep.err = (uint32_t)rc;
+    snprintf(rep.detail, sizeof rep.detail, "%s", detail);
+    ul_broker_send(b, peer->route, &rep);
+}
+
+void ul_broker_admin(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    switch (req->op) {
+    case UL_OP_LIST:
+        s_list(b, peer, req);
+        break;
+    case UL_OP_SHOW:
+        s_show(b, peer, req);
+        break;
+    case UL_OP_STATS:
+        s_stats(b, peer, req);
+        break;
+    case UL_OP_WATCH:
+    case UL_OP_UNWATCH:
+        s_watch(b, peer, req);
+        break;
+    case UL_OP_DRAIN:
+    case UL_OP_UNDRAIN:
+    case UL_OP_FORCE_RELEASE:
+        s_control(b, peer, req);
+        break;
+    default:
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOTIMPL, NULL);
+        break;
+    }
+}
+
+/* ---- hooks ------------------------------------------------------------- */
 
 void ul_broker_proc_gone_hook(uvmlease_broker *b, bproc *p)
 {
-    (void)b;
-    (void)p;
+    ul_admin *a = b->admin;
+    if (!a)
+        return;
+    for (uint32_t i = 0; i < a->n_watchers;) {
+        if (a->watchers[i].pid == p->pid)
+            a->watchers[i] = a->watchers[--a->n_watchers];
+        else
+            i++;
+    }
+    for (uint32_t i = 0; i < a->n_kills;) {
+        if (a->kills[i].proc == p)
+            a->kills[i] = a->kills[--a->n_kills];
+        else
+            i++;
+    }
 }
 
 bool ul_broker_proc_pinned(uvmlease_broker *b, const bproc *p)
 {
-    (void)b;
-    return p->kill_pending;
+    if (p->kill_pending)
+        return true;
+    const ul_admin *a = b->admin;
+    for (uint32_t i = 0; a && i < a->n_watchers; i++)
+        if (a->watchers[i].pid == p->pid)
+            return true;
+    return false;
 }
 
+/* SIGKILL the processes whose grace period ran out. Returns the next
+ * deadline. */
 uint64_t ul_broker_timers(uvmlease_broker *b, uint64_t now)
 {
-    (void)b;
-    (void)now;
-    return LT_NEVER;
+    ul_admin *a = b->admin;
+    uint64_t next = LT_NEVER;
+    for (uint32_t i = 0; a && i < a->n_kills; i++) {
+        kill_job *k = &a->kills[i];
+        if (k->sigkill_at == 0)
+            continue;
+        if (k->sigkill_at <= now) {
+            /* Still tracked, so its pidfd has not reported the death. */
+            ul_pidfd_send_signal(k->proc->pidfd, SIGKILL);
+            k->sigkill_at = 0;
+        } else if (k->sigkill_at < next) {
+            next = k->sigkill_at;
+        }
+    }
+    return next;
 }
-
-void ul_broker_admin_free(uvmlease_broker *b) { (void)b; }

@@ -70,7 +70,10 @@ static size_t utf8_seq(const unsigned char *s, size_t len, uint32_t *cp)
     return n;
 }
 
-static int is_control(uint32_t cp) { return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f); }
+static int is_control(uint32_t cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f);
+}
 
 int ul_text_check(const char *s, size_t len, size_t max)
 {

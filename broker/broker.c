@@ -58,6 +58,8 @@ static uint32_t s_pid_slot(const uvmlease_broker *b, uint32_t pid)
 
 static bproc *s_proc_find(uvmlease_broker *b, uint32_t pid)
 {
+    if (b->proc_cap == 0)
+        return NULL;
     for (bproc *p = b->procs[s_pid_slot(b, pid)]; p; p = p->hnext)
         if (p->pid == pid)
             return p;

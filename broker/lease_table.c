@@ -95,7 +95,10 @@ static void *s_array(lt_table *t, void *p, size_t n, size_t size)
 /* ---- SipHash-2-4: peers choose UVM ids, so the bucket index must not be
  * predictable without the key. */
 
-static uint64_t s_rotl(uint64_t x, unsigned b) { return (x << b) | (x >> (64 - b)); }
+static uint64_t s_rotl(uint64_t x, unsigned b)
+{
+    return (x << b) | (x >> (64 - b));
+}
 
 static void s_sipround(uint64_t v[4])
 {
@@ -222,11 +225,17 @@ static void s_ht_remove(lt_table *t, s_htab *h, lt_hnode *n)
         s_ht_resize(t, h, (h->mask + 1) / 2);
 }
 
-static lt_hnode *s_ht_chain(const s_htab *h, uint64_t hash) { return h->b[hash & h->mask]; }
+static lt_hnode *s_ht_chain(const s_htab *h, uint64_t hash)
+{
+    return h->b[hash & h->mask];
+}
 
 /* ---- small helpers */
 
-static uint64_t s_sat_add(uint64_t a, uint64_t b) { return a > LT_NEVER - b ? LT_NEVER : a + b; }
+static uint64_t s_sat_add(uint64_t a, uint64_t b)
+{
+    return a > LT_NEVER - b ? LT_NEVER : a + b;
+}
 
 static uint64_t s_clock(lt_table *t, uint64_t now)
 {
@@ -433,7 +442,10 @@ static void s_dl_clean_top(lt_table *t)
 /* ---- ready heap (cap only): UVMs whose head waiter could be granted if a
  * slot were free, ordered by that waiter's arrival. */
 
-static uint64_t s_ready_key(lt_uvm *u) { return s_head(u)->seq; }
+static uint64_t s_ready_key(lt_uvm *u)
+{
+    return s_head(u)->seq;
+}
 
 static void s_ready_set(lt_table *t, uint32_t i, lt_uvm *u)
 {
@@ -655,8 +667,8 @@ static void s_lease_end(lt_table *t, lt_lease *l, lt_reason reason, uint64_t now
         u->quarantine_until = s_sat_add(now, t->cfg.quarantine_ms);
         ul_list_insert_tail(&t->quar, &u->quar_link);
     }
-    s_emit(t, &(lt_event){.type = LT_EV_RELEASED, .uvm = u, .lease = l, .reason = reason,
-                          .now = now});
+    s_emit(t,
+           &(lt_event){.type = LT_EV_RELEASED, .uvm = u, .lease = l, .reason = reason, .now = now});
     s_free(t, l);
 }
 
@@ -699,8 +711,12 @@ static void s_waiter_end(lt_table *t, lt_waiter *w, int err, uint64_t now)
     }
     s_ready_update(t, u);
     if (err)
-        s_emit(t, &(lt_event){.type = LT_EV_FAILED, .uvm = u, .waiter = w,
-                              .holder = s_first_holder(u), .err = err, .now = now});
+        s_emit(t, &(lt_event){.type = LT_EV_FAILED,
+                              .uvm = u,
+                              .waiter = w,
+                              .holder = s_first_holder(u),
+                              .err = err,
+                              .now = now});
     s_waiter_destroy(t, w);
 }
 
@@ -849,7 +865,8 @@ void lt_free(lt_table **tp)
     ul_list_foreach_safe(n, tmp, &t->all_uvms)
     {
         lt_uvm *u = ul_container_of(n, lt_uvm, all_link);
-        ul_list_foreach_safe(m, mtmp, &u->holders) s_free(t, ul_container_of(m, lt_lease, uvm_link));
+        ul_list_foreach_safe(m, mtmp, &u->holders)
+            s_free(t, ul_container_of(m, lt_lease, uvm_link));
         ul_list_foreach_safe(m, mtmp, &u->waiters)
             s_waiter_destroy(t, ul_container_of(m, lt_waiter, uvm_link));
         s_free(t, u);
@@ -875,10 +892,22 @@ void lt_free(lt_table **tp)
     *tp = NULL;
 }
 
-const lt_config *lt_config_get(const lt_table *t) { return t ? &t->cfg : NULL; }
-const lt_stats *lt_stats_get(const lt_table *t) { return t ? &t->stats : NULL; }
-uint64_t lt_last_fence(const lt_table *t) { return t ? t->fence : 0; }
-uint64_t lt_last_lease_id(const lt_table *t) { return t ? t->lease_id : 0; }
+const lt_config *lt_config_get(const lt_table *t)
+{
+    return t ? &t->cfg : NULL;
+}
+const lt_stats *lt_stats_get(const lt_table *t)
+{
+    return t ? &t->stats : NULL;
+}
+uint64_t lt_last_fence(const lt_table *t)
+{
+    return t ? t->fence : 0;
+}
+uint64_t lt_last_lease_id(const lt_table *t)
+{
+    return t ? t->lease_id : 0;
+}
 
 lt_owner *lt_owner_find(lt_table *t, uint32_t pid, uint64_t start_time)
 {
@@ -912,8 +941,8 @@ lt_owner *lt_owner_new(lt_table *t, const lt_ident *id)
 
 bool lt_owner_idle(const lt_owner *o)
 {
-    return !o || (ul_list_empty(&o->leases) && ul_list_empty(&o->waiters) &&
-                  ul_list_empty(&o->anchored));
+    return !o ||
+           (ul_list_empty(&o->leases) && ul_list_empty(&o->waiters) && ul_list_empty(&o->anchored));
 }
 
 int lt_owner_free(lt_table *t, lt_owner *o)
@@ -1045,8 +1074,8 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     }
 
     bool excl = s_uvm_exclusive(t, u);
-    if (!excl || (u->n_holders == 0 && u->n_waiters == 0 && u->quarantine_until == 0 &&
-                  s_cap_room(t))) {
+    if (!excl ||
+        (u->n_holders == 0 && u->n_waiters == 0 && u->quarantine_until == 0 && s_cap_room(t))) {
         lt_lease *l = s_lease_alloc(t);
         if (!l) {
             s_uvm_settle(t, u);
@@ -1069,8 +1098,7 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         return UVMLEASE_EBUSY;
     }
 
-    uint64_t deadline =
-        a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
+    uint64_t deadline = a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
     lt_waiter *w = s_zalloc(t, sizeof *w);
     lt_lease *spare = w ? s_lease_alloc(t) : NULL;
     if (!spare || (deadline != LT_NEVER && s_dl_reserve(t) < 0)) {
@@ -1099,8 +1127,10 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     u->n_waiters++;
     t->stats.waiters++;
     s_ready_update(t, u);
-    s_emit(t, &(lt_event){.type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u),
-                          .now = now});
+    s_emit(
+        t,
+        &(lt_event){
+            .type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u), .now = now});
     res->waiter = w;
     res->position = u->n_waiters;
     return 0;

@@ -1,0 +1,680 @@
+/*
+ * conn.c — a connection's I/O thread, its request records and the wait
+ * for an answer (see ul_client.h for the model).
+ */
+#include "ul_client.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "ul_sys.h"
+
+/* Messages handled per wake-up before pending sends get a turn. */
+#define RECV_BATCH 64
+
+/* ------------------------------------------------------------------ rids */
+
+static _Atomic uint64_t s_next_rid;
+static pthread_once_t s_rid_once = PTHREAD_ONCE_INIT;
+
+static void s_rid_seed(void)
+{
+    /* The broker keys idempotent re-sends by (pid, start time, rid), so a
+     * counter would do; a random start also keeps rids of different
+     * processes apart in the broker's logs. Half the range leaves room. */
+    atomic_store(&s_next_rid, ul_random64() >> 1);
+}
+
+uint64_t ul_client_rid(void)
+{
+    pthread_once(&s_rid_once, s_rid_seed);
+    uint64_t r;
+    do
+        r = atomic_fetch_add(&s_next_rid, 1) + 1;
+    while (r == 0);
+    return r;
+}
+
+/* -------------------------------------------------------------- helpers */
+
+static void s_wake(uvmlease *c)
+{
+    uint64_t one = 1;
+    /* EAGAIN means the counter is saturated: the thread is awake anyway. */
+    ssize_t n = write(c->wakefd, &one, sizeof one);
+    (void)n;
+}
+
+static void s_abstime(uint64_t ms, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ms / 1000);
+    ts->tv_nsec = (long)(ms % 1000) * 1000000L;
+}
+
+int ul_waitctx_init(ul_waitctx *w, uvmlease *c)
+{
+    memset(w, 0, sizeof *w);
+    pthread_condattr_t a;
+    if (pthread_condattr_init(&a) != 0)
+        return UVMLEASE_ENOMEM;
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&w->cv, &a);
+    pthread_condattr_destroy(&a);
+    if (rc != 0)
+        return UVMLEASE_ENOMEM;
+    w->conn = c;
+    ul_list_init(&w->tok_link);
+    return 0;
+}
+
+void ul_waitctx_destroy(ul_waitctx *w) { pthread_cond_destroy(&w->cv); }
+
+void ul_client_reply_free(ul_reply *rep)
+{
+    if (rep) {
+        ul_reply_free(rep);
+        free(rep);
+    }
+}
+
+bool ul_client_usable(const uvmlease *c) { return c && c->pid == getpid(); }
+
+static void s_req_free(ul_req *r)
+{
+    ul_buf_free(&r->msg);
+    ul_client_reply_free(r->rep);
+    free(r);
+}
+
+/* A record for req, not yet linked. */
+static int s_req_new(const ul_request *req, ul_req **out)
+{
+    ul_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return UVMLEASE_ENOMEM;
+    ul_list_init(&r->link);
+    r->rid = req->rid;
+    r->op = req->op;
+    r->target = req->target_rid;
+    r->need_send = true;
+    int rc = ul_request_encode(req, &r->msg);
+    if (rc) {
+        s_req_free(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+static void s_unlink_free_locked(uvmlease *c, ul_req *r)
+{
+    ul_list_remove(&r->link);
+    s_req_free(r);
+    pthread_cond_broadcast(&c->idle_cv);
+}
+
+static ul_req *s_find_locked(uvmlease *c, uint64_t rid)
+{
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (r->rid == rid)
+            return r;
+    }
+    return NULL;
+}
+
+/* Queue work nobody waits for. Without an I/O thread it is pointless: the
+ * broker ends a process's leases and waiters when the process exits. */
+static void s_background_locked(uvmlease *c, ul_request *q)
+{
+    if (c->stop)
+        return;
+    q->version = UL_PROTO_VERSION;
+    q->rid = ul_client_rid();
+    ul_req *r;
+    if (s_req_new(q, &r) != 0)
+        return;
+    ul_list_insert_tail(&c->reqs, &r->link);
+    s_wake(c);
+}
+
+void ul_client_release_bg_locked(uvmlease *c, uint64_t lease)
+{
+    ul_request q;
+    memset(&q, 0, sizeof q);
+    q.op = UL_OP_RELEASE;
+    q.lease = lease;
+    s_background_locked(c, &q);
+}
+
+static void s_cancel_bg_locked(uvmlease *c, uint64_t acquire_rid)
+{
+    ul_request q;
+    memset(&q, 0, sizeof q);
+    q.op = UL_OP_CANCEL;
+    q.target_rid = acquire_rid;
+    s_background_locked(c, &q);
+}
+
+/* ------------------------------------------------ answers from the broker */
+
+static void s_finish_locked(uvmlease *c, ul_req *r, ul_reply *rep, int local_err)
+{
+    (void)c;
+    ul_list_remove(&r->link);
+    r->rep = rep;
+    r->local_err = local_err;
+    r->done = true;
+    pthread_cond_signal(&r->w->cv);
+}
+
+/* A final outcome of an acquire: a refusal, a grant, or a failure after
+ * "queued". Returns rep when it was not handed on. */
+static ul_reply *s_on_outcome_locked(uvmlease *c, ul_req *r, ul_reply *rep)
+{
+    bool granted = rep->kind == UL_MSG_GRANT || (rep->kind == UL_MSG_REPLY && rep->err == 0);
+    if (!granted && rep->err == UVMLEASE_ESHUTDOWN && r->w) {
+        /* A stopping broker is not a refusal: its successor gets the
+         * request again when a new instance id shows up (SPEC §5). */
+        r->parked = true;
+        r->queued = false;
+        return rep;
+    }
+    if (r->w) {
+        s_finish_locked(c, r, rep, 0);
+        return NULL;
+    }
+    /* The caller gave up: a grant that arrives now must not linger. */
+    if (granted && rep->lease)
+        ul_client_release_bg_locked(c, rep->lease);
+    s_unlink_free_locked(c, r);
+    return rep;
+}
+
+static ul_reply *s_on_reply_locked(uvmlease *c, ul_req *r, ul_reply *rep)
+{
+    if (r->op == UL_OP_ACQUIRE) {
+        if (rep->err == 0 && rep->queued) {
+            r->queued = true;
+            return rep;
+        }
+        return s_on_outcome_locked(c, r, rep);
+    }
+    if (r->op == UL_OP_CANCEL) {
+        /* Whatever the answer, the abandoned acquire is settled: "ok"
+         * removed the waiter, "not-waiting" comes after its grant or
+         * failure (one connection keeps the broker's order). */
+        ul_req *a = s_find_locked(c, r->target);
+        if (a && a->op == UL_OP_ACQUIRE && !a->w)
+            s_unlink_free_locked(c, a);
+    }
+    if (r->w) {
+        s_finish_locked(c, r, rep, 0);
+        return NULL;
+    }
+    s_unlink_free_locked(c, r);
+    return rep;
+}
+
+static void s_on_revoked_locked(uvmlease *c, const ul_reply *rep)
+{
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->leases)
+    {
+        uvmlease_lease *l = ul_container_of(pos, uvmlease_lease, link);
+        if (l->id == rep->lease)
+            l->revoked = true;
+    }
+}
+
+/* A new broker instance: send it everything still outstanding. Acquires
+ * keep their rid, so a broker that restored them answers idempotently. */
+static void s_resend_locked(uvmlease *c)
+{
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (r->op == UL_OP_ACQUIRE && !r->w)
+            continue; /* abandoned: its cancel goes out instead */
+        if (r->sent || r->parked)
+            r->need_send = true;
+        r->queued = false;
+        r->parked = false;
+    }
+}
+
+/* Returns rep if it is still the caller's to free (or to pass on). */
+static ul_reply *s_dispatch_locked(uvmlease *c, ul_reply *rep)
+{
+    c->last_rx_ms = ul_now_ms();
+    bool restarted = c->have_bi && rep->instance != c->bi;
+    c->have_bi = true;
+    c->bi = rep->instance;
+
+    ul_req *r;
+    switch (rep->kind) {
+    case UL_MSG_REPLY:
+        r = s_find_locked(c, rep->rid);
+        /* An unreadable request is answered without an op. */
+        if (r && (rep->op == r->op || rep->op == UL_OP_NONE))
+            rep = s_on_reply_locked(c, r, rep);
+        break;
+    case UL_MSG_GRANT:
+    case UL_MSG_ACQUIRE_FAILED:
+        r = s_find_locked(c, rep->rid);
+        if (r && r->op == UL_OP_ACQUIRE)
+            rep = s_on_outcome_locked(c, r, rep);
+        break;
+    case UL_MSG_REVOKED:
+        s_on_revoked_locked(c, rep);
+        break;
+    default:
+        break;
+    }
+    if (restarted)
+        s_resend_locked(c);
+    return rep;
+}
+
+/* --------------------------------------------------------------- sending */
+
+/* Send what is due, in order. Returns true when the socket would block
+ * (no broker connected yet, or the pipe is full). */
+static bool s_flush_locked(uvmlease *c, uint64_t now)
+{
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (!r->need_send)
+            continue;
+        if (zmq_send(c->sock, r->msg.data, r->msg.len, ZMQ_DONTWAIT) < 0) {
+            int e = zmq_errno();
+            if (e == EAGAIN || e == EINTR)
+                return true;
+            /* Not a transient condition: retrying would spin. */
+            if (r->w)
+                s_finish_locked(c, r, NULL, UVMLEASE_ESYSTEM);
+            else
+                s_unlink_free_locked(c, r);
+            continue;
+        }
+        r->need_send = false;
+        r->sent = true;
+        r->sent_ms = now;
+    }
+    return false;
+}
+
+/* Ping while anything is outstanding, so a restarted broker is noticed
+ * (its answer carries a new instance id). Returns the poll timeout. */
+static int s_ping_locked(uvmlease *c, uint64_t now, bool blocked)
+{
+    if (ul_list_empty(&c->reqs)) {
+        c->next_ping_ms = 0;
+        return -1;
+    }
+    if (c->next_ping_ms == 0)
+        c->next_ping_ms = now + UL_CLIENT_PING_MS;
+    if (now >= c->next_ping_ms) {
+        if (!blocked) {
+            ul_request q;
+            memset(&q, 0, sizeof q);
+            q.version = UL_PROTO_VERSION;
+            q.op = UL_OP_PING;
+            q.rid = ul_client_rid();
+            ul_buf b = {0};
+            if (ul_request_encode(&q, &b) == 0)
+                zmq_send(c->sock, b.data, b.len, ZMQ_DONTWAIT);
+            ul_buf_free(&b);
+        }
+        c->next_ping_ms = now + UL_CLIENT_PING_MS;
+    }
+    return (int)(c->next_ping_ms - now);
+}
+
+/* ------------------------------------------------------------- receiving */
+
+static void s_receive(uvmlease *c)
+{
+    for (int i = 0; i < RECV_BATCH; i++) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            return;
+        }
+        bool more = zmq_msg_more(&m);
+        ul_reply *rep = more ? NULL : calloc(1, sizeof *rep);
+        int rc = rep ? ul_reply_decode(zmq_msg_data(&m), zmq_msg_size(&m), rep) : -1;
+        zmq_msg_close(&m);
+        /* The protocol is one frame per message: drop the rest of a
+         * multi-frame one along with it. */
+        while (more) {
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT) < 0)
+                more = false;
+            else
+                more = zmq_msg_more(&m);
+            zmq_msg_close(&m);
+        }
+        if (rc != 0) {
+            /* Undecodable: nothing in it can be trusted, not even a rid. */
+            free(rep);
+            continue;
+        }
+
+        pthread_mutex_lock(&c->mu);
+        rep = s_dispatch_locked(c, rep);
+        ul_client_event_fn fn = c->on_event;
+        void *ctx = c->event_ctx;
+        pthread_mutex_unlock(&c->mu);
+        if (rep && rep->kind == UL_MSG_EVENT && fn)
+            fn(ctx, rep);
+        ul_client_reply_free(rep);
+    }
+}
+
+/* ------------------------------------------------------------ the thread */
+
+static void *s_io_main(void *arg)
+{
+    uvmlease *c = arg;
+    pthread_mutex_lock(&c->mu);
+    while (!c->stop) {
+        uint64_t now = ul_now_ms();
+        bool blocked = s_flush_locked(c, now);
+        int timeout = s_ping_locked(c, now, blocked);
+        pthread_mutex_unlock(&c->mu);
+
+        zmq_pollitem_t items[2] = {
+            {.socket = c->sock, .events = ZMQ_POLLIN | (blocked ? ZMQ_POLLOUT : 0)},
+            {.fd = c->wakefd, .events = ZMQ_POLLIN},
+        };
+        int n = zmq_poll(items, 2, timeout);
+        if (n > 0 && (items[1].revents & ZMQ_POLLIN)) {
+            uint64_t v;
+            ssize_t rd = read(c->wakefd, &v, sizeof v);
+            (void)rd;
+        }
+        if (n > 0 && (items[0].revents & ZMQ_POLLIN))
+            s_receive(c);
+        pthread_mutex_lock(&c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+int ul_client_io_start(uvmlease *c)
+{
+    c->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->wakefd < 0)
+        return UVMLEASE_ESYSTEM;
+
+    /* libzmq's threads and ours must never take the application's
+     * signals: start them all with every signal blocked. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = UVMLEASE_ESYSTEM;
+    c->zctx = zmq_ctx_new();
+    if (c->zctx)
+        c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
+    if (c->sock) {
+        int linger = 0; /* close() waits for answers itself, bounded */
+        int immediate = 1; /* no queueing into a broker that is not there */
+        int64_t maxmsg = UL_MAX_REPLY;
+        if (zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+            zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) == 0 &&
+            zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) == 0 &&
+            zmq_connect(c->sock, c->endpoint) == 0) {
+            if (pthread_create(&c->io, NULL, s_io_main, c) == 0) {
+                c->io_started = true;
+                rc = 0;
+            }
+        }
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return rc;
+}
+
+/* ------------------------------------------------------- calls, waiting */
+
+int ul_client_enter(uvmlease *c)
+{
+    if (!ul_client_usable(c))
+        return UVMLEASE_ECLOSED;
+    pthread_mutex_lock(&c->mu);
+    int rc = c->closing ? UVMLEASE_ECLOSED : 0;
+    if (!rc)
+        c->refs++;
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+static void s_conn_free(uvmlease *c)
+{
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        ul_list_remove(&r->link);
+        s_req_free(r);
+    }
+    pthread_cond_destroy(&c->idle_cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+void ul_client_unref(uvmlease *c)
+{
+    pthread_mutex_lock(&c->mu);
+    bool last = --c->refs == 0;
+    pthread_mutex_unlock(&c->mu);
+    if (last)
+        s_conn_free(c);
+}
+
+/* The caller stops waiting for r. Keep it as background work when its
+ * outcome still matters to the broker's state. */
+static void s_abandon_locked(uvmlease *c, ul_req *r)
+{
+    r->w = NULL;
+    bool keep = false;
+    if (!c->stop) {
+        if (r->op == UL_OP_ACQUIRE && r->sent && !r->parked) {
+            /* The broker may have queued or even granted it already. */
+            s_cancel_bg_locked(c, r->rid);
+            keep = true;
+        } else if (r->op == UL_OP_RELEASE || r->op == UL_OP_CANCEL) {
+            keep = true;
+        }
+    }
+    if (!keep)
+        s_unlink_free_locked(c, r);
+}
+
+static int s_deadline_status(const uvmlease *c, const ul_req *r)
+{
+    if (r->op == UL_OP_ACQUIRE && r->sent && c->last_rx_ms >= r->sent_ms)
+        return UVMLEASE_ETIMEDOUT;
+    return UVMLEASE_ENOBROKER;
+}
+
+int ul_client_call(uvmlease *c, ul_request *req, int64_t wait_ms, ul_waitctx *w, ul_reply **out)
+{
+    *out = NULL;
+    ul_waitctx own;
+    bool own_w = !w;
+    if (own_w) {
+        if (ul_waitctx_init(&own, c) != 0)
+            return UVMLEASE_ENOMEM;
+        w = &own;
+    }
+    req->version = UL_PROTO_VERSION;
+    req->rid = ul_client_rid();
+    ul_req *r = NULL;
+    int rc = s_req_new(req, &r);
+    if (rc)
+        goto out;
+    r->w = w;
+    uint64_t deadline = wait_ms >= 0 ? ul_now_ms() + (uint64_t)wait_ms : 0;
+
+    pthread_mutex_lock(&c->mu);
+    if (c->closing) {
+        pthread_mutex_unlock(&c->mu);
+        s_req_free(r);
+        rc = UVMLEASE_ECLOSED;
+        goto out;
+    }
+    ul_list_insert_tail(&c->reqs, &r->link);
+    s_wake(c);
+    while (!r->done) {
+        if (c->closing) {
+            rc = UVMLEASE_ECLOSED;
+            break;
+        }
+        if (w->cancel) {
+            rc = UVMLEASE_ECANCELLED;
+            break;
+        }
+        if (deadline) {
+            uint64_t now = ul_now_ms();
+            if (now >= deadline) {
+                rc = s_deadline_status(c, r);
+                break;
+            }
+            struct timespec ts;
+            s_abstime(deadline, &ts);
+            pthread_cond_timedwait(&w->cv, &c->mu, &ts);
+        } else {
+            pthread_cond_wait(&w->cv, &c->mu);
+        }
+    }
+    if (r->done) {
+        rc = r->local_err;
+        if (!rc) {
+            *out = r->rep;
+            r->rep = NULL;
+        }
+        s_req_free(r);
+    } else {
+        s_abandon_locked(c, r);
+    }
+    pthread_mutex_unlock(&c->mu);
+out:
+    if (own_w)
+        ul_waitctx_destroy(&own);
+    return rc;
+}
+
+/* ----------------------------------------------------------------- close */
+
+static bool s_background_left_locked(uvmlease *c)
+{
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        if (!ul_container_of(pos, ul_req, link)->w)
+            return true;
+    }
+    return false;
+}
+
+void ul_client_shutdown(uvmlease *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->closing = true;
+    while (!ul_list_empty(&c->leases)) {
+        uvmlease_lease *l = ul_container_of(c->leases.next, uvmlease_lease, link);
+        ul_list_remove(&l->link);
+        l->linked = false;
+        if (!l->revoked)
+            ul_client_release_bg_locked(c, l->id);
+    }
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (r->w)
+            pthread_cond_signal(&r->w->cv);
+    }
+    if (c->io_started) {
+        /* Leave nothing behind on the broker (releases, cancels of acquires
+         * just given up), but never hang on a broker that is gone. */
+        uint64_t deadline = ul_now_ms() + UVMLEASE_CLOSE_TIMEOUT_MS;
+        while (s_background_left_locked(c)) {
+            if (ul_now_ms() >= deadline)
+                break;
+            struct timespec ts;
+            s_abstime(deadline, &ts);
+            pthread_cond_timedwait(&c->idle_cv, &c->mu, &ts);
+        }
+    }
+    c->stop = true;
+    pthread_mutex_unlock(&c->mu);
+
+    if (c->io_started) {
+        s_wake(c);
+        pthread_join(c->io, NULL);
+        c->io_started = false;
+    }
+    if (c->sock)
+        zmq_close(c->sock);
+    if (c->zctx)
+        zmq_ctx_term(c->zctx);
+    c->sock = c->zctx = NULL;
+    if (c->wakefd >= 0)
+        close(c->wakefd);
+    c->wakefd = -1;
+
+    /* Background work dies with the thread; callers still waking up free
+     * their own records. */
+    pthread_mutex_lock(&c->mu);
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (!r->w) {
+            ul_list_remove(&r->link);
+            s_req_free(r);
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ------------------------------------------------------------ test hooks */
+
+void ul_client_on_event(uvmlease *c, ul_client_event_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&c->mu);
+    c->on_event = fn;
+    c->event_ctx = ctx;
+    pthread_mutex_unlock(&c->mu);
+}
+
+unsigned ul_client_queued(uvmlease *c)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&c->mu);
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (r->op == UL_OP_ACQUIRE && r->queued && r->w)
+            n++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}

@@ -1055,32 +1055,49 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
 
     uint64_t h = s_siphash(t->key, a->uvm, len);
     lt_uvm *u = s_uvm_lookup(t, a->uvm, len, h);
-    if (u && u->quarantine_until && u->quarantine_until <= now) {
-        /* lt_tick has not run since the quarantine ended: end it (and any
-         * earlier ones) now, so a try does not see a stale lock. */
-        s_quar_expire(t, now);
-        s_cap_dispatch(t, now);
-        u = s_uvm_lookup(t, a->uvm, len, h);
-    }
     if (u && u->draining)
         return UVMLEASE_EDRAINING;
-    if (u && u->class_set && u->confidential != a->confidential)
+    /* An entry with nothing on it whose quarantine has run out (lt_tick has
+     * not caught up yet) is as good as gone: its class and lock no longer
+     * apply. */
+    bool stale = u && u->n_holders == 0 && u->n_waiters == 0 && u->quarantine_until <= now;
+    if (u && u->class_set && !stale && u->confidential != a->confidential)
         return UVMLEASE_ECLASS;
-    if (!u && !(u = s_uvm_create(t, a->uvm, len, h)))
+    bool excl = s_excl_class(t, a->confidential);
+    bool now_ok = !excl || (s_cap_room(t) && (!u || stale));
+
+    if (!now_ok && a->timeout_ms == 0) {
+        res->holder = u ? s_first_holder(u) : NULL;
+        t->stats.busy_refusals++;
+        return UVMLEASE_EBUSY;
+    }
+
+    /* Allocate everything first, so a failure changes nothing. */
+    uint64_t deadline = a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
+    lt_lease *l = s_lease_alloc(t);
+    lt_waiter *w = NULL;
+    bool ok = l != NULL;
+    if (ok && !now_ok) {
+        w = s_zalloc(t, sizeof *w);
+        ok = w && (deadline == LT_NEVER || s_dl_reserve(t) == 0);
+    }
+    if (ok && !u)
+        ok = (u = s_uvm_create(t, a->uvm, len, h)) != NULL;
+    if (!ok) {
+        s_free(t, l);
+        s_free(t, w);
         return UVMLEASE_ENOMEM;
-    if (!u->class_set) {
+    }
+    if (stale && u->quarantine_until) {
+        ul_list_remove(&u->quar_link);
+        u->quarantine_until = 0;
+    }
+    if (!u->class_set || stale) {
         u->class_set = true;
         u->confidential = a->confidential;
     }
 
-    bool excl = s_uvm_exclusive(t, u);
-    if (!excl ||
-        (u->n_holders == 0 && u->n_waiters == 0 && u->quarantine_until == 0 && s_cap_room(t))) {
-        lt_lease *l = s_lease_alloc(t);
-        if (!l) {
-            s_uvm_settle(t, u);
-            return UVMLEASE_ENOMEM;
-        }
+    if (now_ok) {
         l->rid = a->rid;
         s_copy(l->label, label, UL_MAX_LABEL);
         l->user = a->user;
@@ -1091,22 +1108,6 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         return 0;
     }
 
-    if (a->timeout_ms == 0) {
-        res->holder = s_first_holder(u);
-        t->stats.busy_refusals++;
-        s_uvm_settle(t, u);
-        return UVMLEASE_EBUSY;
-    }
-
-    uint64_t deadline = a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
-    lt_waiter *w = s_zalloc(t, sizeof *w);
-    lt_lease *spare = w ? s_lease_alloc(t) : NULL;
-    if (!spare || (deadline != LT_NEVER && s_dl_reserve(t) < 0)) {
-        s_free(t, spare);
-        s_free(t, w);
-        s_uvm_settle(t, u);
-        return UVMLEASE_ENOMEM;
-    }
     w->rid = a->rid;
     w->uvm = u;
     w->owner = o;
@@ -1118,7 +1119,7 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     w->seq = ++t->seq;
     w->user = a->user;
     w->heap_idx = S_NONE;
-    w->spare = spare;
+    w->spare = l;
     ul_list_insert_tail(&u->waiters, &w->uvm_link);
     ul_list_insert_tail(&o->waiters, &w->owner_link);
     s_ht_insert(t, &t->waiter_rids, &w->rnode, s_hash_rid(t, o, w->rid));

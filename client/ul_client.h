@@ -55,6 +55,7 @@ typedef struct ul_req {
     bool parked;       /* acquire: the broker is shutting down; re-sent to its successor */
     ul_waitctx *w;     /* the waiting caller, NULL for background work */
     bool done;         /* answered; rep set, unlinked, owned by the caller */
+    int local_err;     /* done without an answer (the send failed) */
     ul_reply *rep;
 } ul_req;
 

@@ -204,7 +204,8 @@ UVMLEASE_API int uvmlease_watch_child(uvmlease_lease *lease, pid_t child);
 
 /*
  * Release a lease and free the handle, whatever the outcome: lease must not
- * be used afterwards. Safe on NULL (returns UVMLEASE_EINVAL).
+ * be used afterwards (except in a forked child, where nothing is touched
+ * and UVMLEASE_ECLOSED is returned). Safe on NULL (UVMLEASE_EINVAL).
  * Returns UVMLEASE_OK, UVMLEASE_EREVOKED (an administrator had already
  * taken it away), UVMLEASE_ECLOSED (the connection was closed, which
  * released it), UVMLEASE_ENOLEASE, or UVMLEASE_ENOBROKER (no answer within
@@ -240,7 +241,7 @@ UVMLEASE_API void uvmlease_cancel(uvmlease_cancel_token *token);
 UVMLEASE_API void uvmlease_cancel_token_free(uvmlease_cancel_token *token);
 
 /* A status's message ("the UVM's lease is held") and short name ("busy").
- * Static strings; "unknown status" / "unknown" for unknown codes. */
+ * Static strings; "unknown" for unknown codes. Thread-safe. */
 UVMLEASE_API const char *uvmlease_strerror(int status);
 UVMLEASE_API const char *uvmlease_status_name(int status);
 

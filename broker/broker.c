@@ -26,6 +26,7 @@
 
 #define S_MAX_BATCH 512    /* messages handled per loop iteration */
 #define S_MAX_PROCS 8192   /* client processes tracked at once */
+#define S_IDLE_KEEP 256    /* idle processes kept tracked (saves pidfd_open + /proc reads) */
 #define S_REJECT_BURST 20  /* rejected-input log lines: burst ... */
 #define S_REJECT_PER_SEC 5 /* ... and sustained rate */
 
@@ -68,6 +69,10 @@ static bproc *s_proc_find(uvmlease_broker *b, uint32_t pid)
 
 static void s_proc_unlink(uvmlease_broker *b, bproc *p)
 {
+    if (ul_list_linked(&p->idle_link)) {
+        ul_list_remove(&p->idle_link);
+        b->n_idle--;
+    }
     bproc **pp = &b->procs[s_pid_slot(b, p->pid)];
     while (*pp && *pp != p)
         pp = &(*pp)->hnext;
@@ -158,8 +163,13 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
         s_proc_gone(b, p, LT_R_HOLDER_EXIT);
         p = NULL;
     }
-    if (p)
+    if (p) {
+        if (ul_list_linked(&p->idle_link)) {
+            ul_list_remove(&p->idle_link);
+            b->n_idle--;
+        }
         return p;
+    }
     if (b->n_procs >= S_MAX_PROCS) {
         *err = UVMLEASE_ERESOURCE;
         return NULL;
@@ -186,6 +196,7 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
         *err = UVMLEASE_ENOMEM;
         return NULL;
     }
+    ul_list_init(&p->idle_link);
     p->pid = pid;
     p->uid = uid;
     p->start_time = start;
@@ -211,16 +222,29 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
     return p;
 }
 
-/* A tracked process whose owner has nothing left costs a pidfd; forget
- * it. */
+/* A tracked process whose owner has nothing left costs a pidfd. Keep the
+ * most recently used ones (a shim acquires again soon, and re-tracking costs
+ * pidfd_open and two /proc reads); forget the oldest beyond S_IDLE_KEEP. */
+static void s_proc_forget(uvmlease_broker *b, bproc *p)
+{
+    s_proc_unlink(b, p);
+    epoll_ctl(b->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
+    close(p->pidfd);
+    lt_owner_free(b->table, p->owner);
+    free(p);
+}
+
 void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p)
 {
-    if (p && p->owner && lt_owner_idle(p->owner) && !ul_broker_proc_pinned(b, p)) {
-        s_proc_unlink(b, p);
-        epoll_ctl(b->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
-        close(p->pidfd);
-        lt_owner_free(b->table, p->owner);
-        free(p);
+    if (!p || !p->owner || !lt_owner_idle(p->owner) || ul_broker_proc_pinned(b, p))
+        return;
+    if (!ul_list_linked(&p->idle_link)) {
+        ul_list_insert_tail(&b->idle, &p->idle_link);
+        b->n_idle++;
+    }
+    while (b->n_idle > S_IDLE_KEEP) {
+        bproc *old = ul_container_of(b->idle.next, bproc, idle_link);
+        s_proc_forget(b, old);
     }
 }
 
@@ -638,6 +662,7 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     b->log.sink = cfg->log_sink;
     b->log.ctx = cfg->log_ctx;
     b->instance = ul_random64();
+    ul_list_init(&b->idle);
     b->reject_tokens = S_REJECT_BURST;
     b->reject_refill_at = ul_now_ms();
     b->wall_base_ms = ul_wall_ms() - ul_now_ms();

@@ -43,6 +43,7 @@ typedef struct bproc {
     lt_owner *owner;
     bool kill_pending; /* force-release --mode kill signalled it */
     uint32_t n_active; /* leases + waiters it asked for (bounded per process) */
+    ul_list idle_link; /* on uvmlease_broker.idle while it has nothing */
     struct bproc *hnext;
 } bproc;
 
@@ -69,6 +70,8 @@ struct uvmlease_broker {
     bproc **procs; /* hash by pid */
     uint32_t proc_cap;
     uint32_t n_procs;
+    ul_list idle; /* processes with nothing held, least recently used first */
+    uint32_t n_idle;
 
     ul_buf out; /* reused for every outgoing message */
 

@@ -316,15 +316,16 @@ Test(lease_table, same_owner_queues_behind_itself)
     lt_table *t = mk((lt_config){0});
     lt_owner *a = own(t, 10);
     lt_lease *l1 = grant(t, a, U1, true, 1, 0);
+    uint64_t id1 = l1->id;
     lt_waiter *w = queue(t, a, U1, true, 2, -1, 1);
     cr_assert_eq(w->owner, a);
     cr_assert_eq(
         lt_acquire(t, a, &(lt_acquire_args){.uvm = U1, .confidential = true, .rid = 3}, 2, NULL),
         UVMLEASE_EBUSY);
-    cr_assert_eq(lt_release(t, a, l1->id, 3), 0);
+    cr_assert_eq(lt_release(t, a, id1, 3), 0);
     lt_lease *l2 = holder_of(lt_uvm_find(t, U1));
     cr_assert_eq(l2->rid, 2);
-    cr_assert_neq(l2->id, l1->id);
+    cr_assert_neq(l2->id, id1);
     check(t);
     lt_free(&t);
 }

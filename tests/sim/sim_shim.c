@@ -50,8 +50,8 @@ static const char *const s_kind_names[] = {"nanoserver", "mount-host"};
 
 /* The host-side steps of a container create, in order. A container with a
  * host mount has one more (the mount into the UVM) before the combine. */
-static const char *const s_steps_nanoserver[] = {"cim-mount", "scratch-attach",
-                                                 "combine-layers", "guest-create"};
+static const char *const s_steps_nanoserver[] = {"cim-mount", "scratch-attach", "combine-layers",
+                                                 "guest-create"};
 static const char *const s_steps_mount_host[] = {"cim-mount", "scratch-attach", "host-mount",
                                                  "combine-layers", "guest-create"};
 
@@ -65,7 +65,7 @@ typedef struct container {
     uint64_t rng;
     result res;
     uint64_t wait_ms;
-    char why[256];
+    char why[768];
 } container;
 
 typedef struct override {
@@ -110,8 +110,7 @@ static void s_sleep_ms(unsigned ms)
     }
 }
 
-__attribute__((format(printf, 2, 3))) static void s_log(const container *c, const char *fmt,
-                                                        ...)
+__attribute__((format(printf, 2, 3))) static void s_log(const container *c, const char *fmt, ...)
 {
     if (!S.verbose)
         return;
@@ -120,8 +119,8 @@ __attribute__((format(printf, 2, 3))) static void s_log(const container *c, cons
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "[%6" PRIu64 " ms] shim %d %s: %s\n", s_now_ms() - S.t0, (int)getpid(),
-            c->id, msg);
+    fprintf(stderr, "[%6" PRIu64 " ms] shim %d %s: %s\n", s_now_ms() - S.t0, (int)getpid(), c->id,
+            msg);
 }
 
 /* splitmix64: a reproducible per-container stream from --seed. */
@@ -266,8 +265,8 @@ static result s_bringup(container *c)
     if (S.broker) {
         uvmlease_holder who;
         uint64_t t = s_now_ms();
-        int rc = uvmlease_acquire(S.conn, S.uvm, S.confidential ? UVMLEASE_CONFIDENTIAL : 0,
-                                  c->id, S.acquire_timeout_ms, NULL, &who, &lease);
+        int rc = uvmlease_acquire(S.conn, S.uvm, S.confidential ? UVMLEASE_CONFIDENTIAL : 0, c->id,
+                                  S.acquire_timeout_ms, NULL, &who, &lease);
         c->wait_ms = s_now_ms() - t;
         if (rc != UVMLEASE_OK) {
             snprintf(c->why, sizeof c->why, "acquire: %s (holder pid %d label %s phase %s)",
@@ -309,8 +308,8 @@ static result s_bringup(container *c)
                 s_sleep_ms(S.die_after_ms >= 0 ? (unsigned)S.die_after_ms : ms / 2);
             s_die_now(c, step);
         }
-        res = s_guest_result(
-            c, s_guest_call(fd, cmd, ms + S_GUEST_SLACK_MS, reply, sizeof reply), reply, step);
+        res = s_guest_result(c, s_guest_call(fd, cmd, ms + S_GUEST_SLACK_MS, reply, sizeof reply),
+                             reply, step);
     }
     if (res == R_COMPLETED)
         res = s_guest_result(c, s_guest_call(fd, "end", S_GUEST_SLACK_MS, reply, sizeof reply),
@@ -391,31 +390,45 @@ static int s_parse_containers(const char *spec, kind *kinds, int max)
 
 static void s_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: sim_shim --guest SOCK [options]\n"
-            "Brings up containers in one UVM concurrently against a fake guest.\n"
-            "  --guest SOCK            the fake guest's socket (required)\n"
-            "  --uvm ID                UVM id (default sim-uvm@vm)\n"
-            "  --confidential          ask for an exclusive lease\n"
-            "  --endpoint ipc://PATH   the broker (default: as libuvmlease finds it)\n"
-            "  --no-broker             take no lease at all (the crash reproduction)\n"
-            "  --containers SPEC       e.g. 2xnanoserver,1xmount-host (default 2xnanoserver)\n"
-            "  --step-ms MS            duration of each step (default 20; host-mount 2x)\n"
-            "  --jitter-ms MS          add 0..MS at random to each step (default 0)\n"
-            "  --step NAME=MS          fixed duration for one step (repeatable)\n"
-            "  --seed N                jitter seed (default 1)\n"
-            "  --label-prefix P        container ids are P-<kind>-<n> (default shim<pid>)\n"
-            "  --die-in-step NAME      SIGKILL this process in the middle of that step\n"
-            "  --die-after-ms MS       ... this long after sending it (default: half)\n"
-            "  --acquire-timeout-ms MS give up waiting for the lease (default 60000)\n"
-            "  --verbose               log every step on stderr\n");
+    fprintf(f, "usage: sim_shim --guest SOCK [options]\n"
+               "Brings up containers in one UVM concurrently against a fake guest.\n"
+               "  --guest SOCK            the fake guest's socket (required)\n"
+               "  --uvm ID                UVM id (default sim-uvm@vm)\n"
+               "  --confidential          ask for an exclusive lease\n"
+               "  --endpoint ipc://PATH   the broker (default: as libuvmlease finds it)\n"
+               "  --no-broker             take no lease at all (the crash reproduction)\n"
+               "  --containers SPEC       e.g. 2xnanoserver,1xmount-host (default 2xnanoserver)\n"
+               "  --step-ms MS            duration of each step (default 20; host-mount 2x)\n"
+               "  --jitter-ms MS          add 0..MS at random to each step (default 0)\n"
+               "  --step NAME=MS          fixed duration for one step (repeatable)\n"
+               "  --seed N                jitter seed (default 1)\n"
+               "  --label-prefix P        container ids are P-<kind>-<n> (default shim<pid>)\n"
+               "  --die-in-step NAME      SIGKILL this process in the middle of that step\n"
+               "  --die-after-ms MS       ... this long after sending it (default: half)\n"
+               "  --acquire-timeout-ms MS give up waiting for the lease (default 60000)\n"
+               "  --verbose               log every step on stderr\n");
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_GUEST = 1, O_UVM, O_CONF, O_ENDPOINT, O_NOBROKER, O_CONTAINERS, O_STEPMS,
-           O_JITTER, O_STEP, O_SEED, O_PREFIX, O_DIE, O_DIEAFTER, O_ATIMEOUT, O_VERBOSE,
-           O_HELP };
+    enum {
+        O_GUEST = 1,
+        O_UVM,
+        O_CONF,
+        O_ENDPOINT,
+        O_NOBROKER,
+        O_CONTAINERS,
+        O_STEPMS,
+        O_JITTER,
+        O_STEP,
+        O_SEED,
+        O_PREFIX,
+        O_DIE,
+        O_DIEAFTER,
+        O_ATIMEOUT,
+        O_VERBOSE,
+        O_HELP
+    };
     static const struct option opts[] = {
         {"guest", required_argument, NULL, O_GUEST},
         {"uvm", required_argument, NULL, O_UVM},
@@ -508,8 +521,8 @@ int main(int argc, char **argv)
             break;
         }
         case O_PREFIX:
-            if (snprintf(prefix, sizeof prefix, "%s", optarg) >= (int)sizeof prefix ||
-                !*optarg || strpbrk(optarg, " \t\r\n")) {
+            if (snprintf(prefix, sizeof prefix, "%s", optarg) >= (int)sizeof prefix || !*optarg ||
+                strpbrk(optarg, " \t\r\n")) {
                 fprintf(stderr, "sim_shim: bad --label-prefix '%s'\n", optarg);
                 return 2;
             }

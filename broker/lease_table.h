@@ -132,10 +132,10 @@ typedef struct lt_ident {
 
 struct lt_owner {
     lt_ident id;
-    void *user;      /* broker's per-process data (pidfd, ...) */
-    ul_list leases;  /* lt_lease.owner_link */
-    ul_list waiters; /* lt_waiter.owner_link */
-    ul_list anchored; /* lt_lease.child_link: leases this process anchors as a watched child */
+    void *user;          /* broker's per-process data (pidfd, ...) */
+    ul_list leases;      /* lt_lease.owner_link */
+    ul_list waiters;     /* lt_waiter.owner_link */
+    ul_list anchored;    /* lt_lease.child_link: leases this process anchors as a watched child */
     uint64_t revoked[8]; /* ring of recently revoked/killed lease ids */
     unsigned revoked_next;
     /* private */
@@ -154,12 +154,12 @@ struct lt_lease {
     bool overdue;
     char label[UL_MAX_LABEL + 1];
     char phase[UL_MAX_PHASE + 1];
-    uint64_t granted_at;  /* monotonic ms */
-    uint64_t phase_at;    /* monotonic ms */
-    uint64_t waited_ms;   /* time spent queued before the grant */
-    uint32_t n_phases;    /* history, oldest first; newest kept when full */
+    uint64_t granted_at;                /* monotonic ms */
+    uint64_t phase_at;                  /* monotonic ms */
+    uint64_t waited_ms;                 /* time spent queued before the grant */
+    uint32_t n_phases;                  /* history, oldest first; newest kept when full */
     ul_phase_rec phases[UL_PHASES_MAX]; /* at_ms holds monotonic ms here */
-    void *user;           /* broker's per-lease data */
+    void *user;                         /* broker's per-lease data */
     /* private */
     ul_list uvm_link;
     ul_list owner_link;
@@ -225,10 +225,10 @@ typedef struct lt_stats {
     uint64_t exited_waiters; /* removed because their process exited */
     uint64_t overdue;
     uint64_t busy_refusals;
-    uint64_t holders;  /* current */
-    uint64_t waiters;  /* current */
-    uint64_t uvms;     /* current entries */
-    uint64_t owners;   /* current */
+    uint64_t holders; /* current */
+    uint64_t waiters; /* current */
+    uint64_t uvms;    /* current entries */
+    uint64_t owners;  /* current */
 } lt_stats;
 
 /* Create a table; NULL on out of memory, or when a floor is >= 2^63 (a

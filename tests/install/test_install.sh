@@ -25,9 +25,11 @@ fail() {
   echo "FAIL: $*"
   exit 1
 }
-# The binary must load libuvmlease from the prefix, not from the build tree.
+# The binary must load libuvmlease from the prefix, not from the build tree
+# or the system. $2: a library path for the loader, if the binary needs one.
 uses_installed() {
-  ldd "$1" | grep -q "$libdir/libuvmlease.so" || fail "$1 does not use $libdir/libuvmlease.so"
+  LD_LIBRARY_PATH=${2:-} ldd "$1" | grep -q "$libdir/libuvmlease.so" ||
+    fail "$1 does not use $libdir/libuvmlease.so"
 }
 
 step "install into $tmp/prefix"
@@ -36,7 +38,7 @@ cmake --install "$build" --prefix "$prefix" >"$tmp/install.log" 2>&1 ||
   { cat "$tmp/install.log"; fail "cmake --install"; }
 pc=$(find "$prefix" -name uvmlease.pc | head -n 1)
 [ -n "$pc" ] || fail "no uvmlease.pc installed"
-libdir=$(cd "$(dirname "$pc")/.." && pwd)
+libdir=$(cd "$(dirname "$pc")/.." && pwd -P)
 for f in include/uvmlease.h include/uvmlease_errors.h; do
   [ -f "$prefix/$f" ] || fail "$f not installed"
 done
@@ -67,7 +69,7 @@ step "pkg-config: $(pkg-config --cflags --libs uvmlease)"
 # shellcheck disable=SC2046
 "$cc" -Wall -Wextra -Werror -o "$tmp/c_pc" "$consumer/consumer.c" \
   $(pkg-config --cflags --libs uvmlease) || fail "build with pkg-config"
-uses_installed "$tmp/c_pc"
+uses_installed "$tmp/c_pc" "$libdir"
 LD_LIBRARY_PATH=$libdir "$tmp/c_pc" $endpoint || fail "run the pkg-config build"
 
 step "pkg-config, static archive"

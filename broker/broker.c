@@ -695,6 +695,9 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
         .hold_warn_ms = cfg->hold_warn_ms,
         .fence_floor = floor,
         .lease_id_floor = floor,
+        /* Peers choose UVM ids: a secret hash key keeps them from
+         * crafting collisions. */
+        .hash_key = {ul_random64(), ul_random64()},
         .on_event = s_on_event,
         .ctx = b,
     };

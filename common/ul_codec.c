@@ -423,10 +423,13 @@ static int object_check(const msgpack_object *o, uint32_t max_keys)
     for (uint32_t i = 0; i < n; i++) {
         if (kv[i].key.type != MSGPACK_OBJECT_STR)
             return UVMLEASE_EBADTYPE;
-        for (uint32_t j = 0; j < i; j++)
-            if (kv[j].key.via.str.size == kv[i].key.via.str.size &&
-                memcmp(kv[j].key.via.str.ptr, kv[i].key.via.str.ptr, kv[i].key.via.str.size) == 0)
+        const msgpack_object_str *ki = &kv[i].key.via.str;
+        for (uint32_t j = 0; j < i; j++) {
+            const msgpack_object_str *kj = &kv[j].key.via.str;
+            /* msgpack-c gives an empty string a NULL pointer. */
+            if (kj->size == ki->size && (ki->size == 0 || memcmp(kj->ptr, ki->ptr, ki->size) == 0))
                 return UVMLEASE_EMALFORMED;
+        }
     }
     return 0;
 }
@@ -502,7 +505,8 @@ static int value_decode(const msgpack_object *v, const field *f, char *dst)
             return rc;
         if (len > f->cap) /* string_check bounds every kind; keep the copy safe regardless */
             return UVMLEASE_EBADVALUE;
-        memcpy(dst, s, len);
+        if (len > 0) /* an empty msgpack-c string may have a NULL pointer */
+            memcpy(dst, s, len);
         dst[len] = '\0';
         return 0;
     }

@@ -975,6 +975,12 @@ Test(codec, duplicate_keys_rejected)
     cr_assert_eq(decode_kvs(dup_uvm, 5, &r), UVMLEASE_EMALFORMED);
     kv dup_unknown[] = {KU("v", 1), KS("op", "ping"), KU("rid", 5), KU("x", 1), KU("x", 2)};
     cr_assert_eq(decode_kvs(dup_unknown, 5, &r), UVMLEASE_EMALFORMED);
+    /* Empty keys are keys too (msgpack-c hands them out as NULL pointers). */
+    const unsigned char dup_empty[] = {0x85, 0xa1, 'v',  0x01, 0xa2, 'o',  'p',
+                                       0xa4, 'p',  'i',  'n',  'g',  0xa3, 'r',
+                                       'i',  'd',  0x05, 0xa0, 0x01, 0xa0, 0x02};
+    cr_assert_eq(ul_request_decode(dup_empty, sizeof dup_empty, &r), UVMLEASE_EMALFORMED);
+    cr_assert_eq(ul_request_decode(dup_empty, sizeof dup_empty - 2, &r), UVMLEASE_ETRUNCATED);
 }
 
 Test(codec, unknown_keys_ignored)
@@ -1064,8 +1070,8 @@ Test(codec, signed_integer_encodings_accepted)
     /* ... and re-encoded in the canonical (smallest, unsigned) form. */
     ul_buf b = {0};
     cr_assert_eq(ul_request_encode(&r, &b), 0);
-    static const unsigned char canon[] = {0x83, 0xa1, 'v', 0x01, 0xa2, 'o', 'p', 0xa4, 'p', 'i',
-                                          'n',  'g',  0xa3, 'r', 'i', 'd', 0xcd, 0x01, 0x2c};
+    static const unsigned char canon[] = {0x83, 0xa1, 'v',  0x01, 0xa2, 'o', 'p',  0xa4, 'p', 'i',
+                                          'n',  'g',  0xa3, 'r',  'i',  'd', 0xcd, 0x01, 0x2c};
     expect_bytes_eq(&b, canon, sizeof canon, "canonical", "signed");
     ul_buf_free(&b);
 }

@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,13 +375,13 @@ Test(guest, step_runs_out_after_client_death)
      * its whole duration. */
     int c = s_gconnect(&g);
     s_gexpect(c, "begin c 3", "ok");
+    uint64_t t = ul_now_ms(); /* before the guest can have started the step */
     s_gsend(c, "step scratch-attach 300\n", 24);
-    uint64_t t = ul_now_ms();
     close(c);
     cr_assert_eq(s_gstat(&g, "open"), 1);
     open_ctx o = {&g, 0};
     cr_assert(ut_wait_until(s_open_is, &o, 5000));
-    cr_assert_geq(ul_now_ms() - t, 280, "the orphaned step ended after %" PRIu64 " ms",
+    cr_assert_geq(ul_now_ms() - t, 300, "the orphaned step ended after %" PRIu64 " ms",
                   ul_now_ms() - t);
     s_one_bringup(&g, "d", 4);
 
@@ -486,6 +487,38 @@ Test(guest, sigterm_prints_counts)
 }
 
 /* ---- simulated shims ----------------------------------------------------- */
+
+/* What the broker logged, counted from its log sink (its own thread). */
+typedef struct logcount {
+    atomic_int grants, phases, released, holder_exit;
+} logcount;
+
+static void s_count_sink(void *ctx, ul_log_level level, const char *line)
+{
+    logcount *lc = ctx;
+    (void)level;
+    if (strstr(line, " msg=grant "))
+        atomic_fetch_add(&lc->grants, 1);
+    else if (strstr(line, " msg=phase "))
+        atomic_fetch_add(&lc->phases, 1);
+    else if (strstr(line, " msg=release ") && strstr(line, " reason=released"))
+        atomic_fetch_add(&lc->released, 1);
+    else if (strstr(line, " msg=release ") && strstr(line, " reason=holder-exit"))
+        atomic_fetch_add(&lc->holder_exit, 1);
+    if (getenv("UL_TEST_VERBOSE"))
+        fprintf(stderr, "broker: %s\n", line);
+}
+
+static uvmlease_broker *s_counted_broker(uint64_t quarantine_ms, logcount *lc, char *bdir)
+{
+    memset(lc, 0, sizeof *lc);
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.quarantine_ms = quarantine_ms;
+    cfg.log_sink = s_count_sink;
+    cfg.log_ctx = lc;
+    return ut_broker_start(&cfg, bdir);
+}
 
 typedef struct shim_args {
     const char *guest_sock;
@@ -596,7 +629,7 @@ Test(sim, matrix_no_reset_with_broker_and_resets_without)
 
     long total_with = 0, total_resets_without = 0;
     for (int round = 0; round < S_ROUNDS; round++) {
-        int nshims = (int)s_pick(&st, 1, S_MAX_SHIMS);
+        int nshims = (int)s_pick(&st, 2, S_MAX_SHIMS);
         unsigned step_ms = s_pick(&st, 5, 25), jitter = s_pick(&st, 0, 10);
         char spec[S_MAX_SHIMS][64], prefix[S_MAX_SHIMS][32], name[32], log[300];
         int want = 0;
@@ -694,7 +727,8 @@ Test(sim, matrix_no_reset_with_broker_and_resets_without)
 Test(sim, standard_uvm_bringups_run_in_parallel)
 {
     char bdir[256], dir[256], log[300];
-    uvmlease_broker *b = ut_broker_start(NULL, bdir);
+    logcount lc;
+    uvmlease_broker *b = s_counted_broker(0, &lc, bdir);
     ut_tmpdir("sim", dir, sizeof dir);
     guest g;
     s_guest_start(&g, dir, "std", false);
@@ -703,7 +737,7 @@ Test(sim, standard_uvm_bringups_run_in_parallel)
     shim_args a = {.guest_sock = g.sock,
                    .endpoint = uvmlease_broker_endpoint(b),
                    .uvm = UVM_S,
-                   .containers = "3xnanoserver",
+                   .containers = "2xnanoserver,1xmount-host",
                    .step_ms = 60,
                    .seed = 1,
                    .prefix = "par"};
@@ -716,6 +750,12 @@ Test(sim, standard_uvm_bringups_run_in_parallel)
     cr_assert_eq(s_g(&g, "resets"), 0);
     cr_assert_geq(s_g(&g, "max_open"), 2, "standard bring-ups were serialized: %s", g.ch.line);
     ut_broker_stop(&b, bdir);
+    /* Every bring-up was leased, reported each of its steps (4 for a
+     * nanoserver, 5 with the host mount) and released normally. */
+    cr_assert_eq(atomic_load(&lc.grants), 3);
+    cr_assert_eq(atomic_load(&lc.phases), 4 + 4 + 5);
+    cr_assert_eq(atomic_load(&lc.released), 3);
+    cr_assert_eq(atomic_load(&lc.holder_exit), 0);
     s_rmdir(dir);
 }
 
@@ -738,10 +778,8 @@ static bool s_begun_at_least(void *arg)
 static void s_killed_shim(uint64_t quarantine_ms, guest *g, child *next, const char *dir,
                           char *bdir)
 {
-    uvmlease_broker_config cfg;
-    uvmlease_broker_config_init(&cfg);
-    cfg.quarantine_ms = quarantine_ms;
-    uvmlease_broker *b = ut_broker_start(&cfg, bdir);
+    logcount lc;
+    uvmlease_broker *b = s_counted_broker(quarantine_ms, &lc, bdir);
     const char *ep = uvmlease_broker_endpoint(b);
     char log[300];
     s_guest_start(g, dir, quarantine_ms ? "quarantine" : "no-quarantine", true);
@@ -788,6 +826,8 @@ static void s_killed_shim(uint64_t quarantine_ms, guest *g, child *next, const c
     cr_assert_eq(s_field(third.line, "completed"), 2);
     s_guest_stop(g);
     ut_broker_stop(&b, bdir);
+    cr_assert_eq(atomic_load(&lc.holder_exit), 1, "the dead shim's lease was not released");
+    cr_assert_eq(atomic_load(&lc.grants), 4);
 }
 
 Test(sim, killed_shim_quarantine_zero_collides)
@@ -821,5 +861,51 @@ Test(sim, killed_shim_quarantine_covers_the_step)
     cr_assert_eq(s_g(&g, "aborted"), 1, "%s", g.ch.line);
     cr_assert_eq(s_g(&g, "completed"), 3, "%s", g.ch.line);
     cr_assert_eq(s_g(&g, "fence_errors"), 0, "%s", g.ch.line);
+    s_rmdir(dir);
+}
+
+Test(sim, shim_usage_and_missing_broker)
+{
+    char bin[512], dir[256], sock[300], log[300];
+    ut_build_path("sim/sim_shim", bin, sizeof bin);
+    ut_tmpdir("sim", dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/shim.log", dir);
+    snprintf(sock, sizeof sock, "%s/none.sock", dir);
+    static const char *const bad[][4] = {
+        {"--containers", "2xwindows", NULL},
+        {"--containers", "0xnanoserver", NULL},
+        {"--step-ms", "-1", NULL},
+        {"--step", "cim-mount", NULL},
+        {"--bogus", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *argv[8] = {bin, "--guest", sock};
+        int n = 3;
+        for (int k = 0; bad[i][k]; k++)
+            argv[n++] = (char *)bad[i][k];
+        argv[n] = NULL;
+        child c;
+        s_spawn(&c, argv, log);
+        cr_assert_eq(ut_wait_code(c.pid, 10000), 2, "%s %s", bad[i][0], bad[i][1] ? bad[i][1] : "");
+        close(c.out);
+    }
+    {
+        char *argv[] = {bin, NULL};
+        child c;
+        s_spawn(&c, argv, log);
+        cr_assert_eq(ut_wait_code(c.pid, 10000), 2, "--guest is required");
+        close(c.out);
+    }
+    /* No broker at the endpoint: a clear failure within the library's
+     * connect bound, not a hang. */
+    char ep[320];
+    snprintf(ep, sizeof ep, "ipc://%s/nobody.sock", dir);
+    char *argv[] = {bin, "--guest", sock, "--endpoint", ep, "--confidential", NULL};
+    child c;
+    s_spawn(&c, argv, log);
+    uint64_t t = ul_now_ms();
+    cr_assert_eq(ut_wait_code(c.pid, 10000), 1);
+    cr_assert_lt(ul_now_ms() - t, 2000 + 3000);
+    close(c.out);
     s_rmdir(dir);
 }

@@ -354,6 +354,14 @@ static bool s_parse_uint(const char *s, unsigned long max, unsigned long *out)
     return true;
 }
 
+static bool s_printable_word(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
 /* "2xnanoserver,1xmount-host" (a bare kind counts once). */
 static int s_parse_containers(const char *spec, kind *kinds, int max)
 {
@@ -521,8 +529,10 @@ int main(int argc, char **argv)
             break;
         }
         case O_PREFIX:
+            /* Container ids go into the guest's one-line protocol as one
+             * word: printable ASCII, no spaces. */
             if (snprintf(prefix, sizeof prefix, "%s", optarg) >= (int)sizeof prefix || !*optarg ||
-                strpbrk(optarg, " \t\r\n")) {
+                !s_printable_word(optarg)) {
                 fprintf(stderr, "sim_shim: bad --label-prefix '%s'\n", optarg);
                 return 2;
             }

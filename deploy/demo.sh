@@ -39,13 +39,6 @@ die() {
 
 # ---- dependencies and build ------------------------------------------------
 deploy/deps.sh
-# The simulator is built with the tests, whose CMake needs Criterion.
-if ! dpkg-query -W -f='${Status}' libcriterion-dev 2>/dev/null | grep -q 'install ok installed'; then
-    [ "$(id -u)" -eq 0 ] || die "libcriterion-dev is missing (run as root to install it)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends libcriterion-dev >/dev/null
-fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/uvmlease-demo.XXXXXX")
 pids=()

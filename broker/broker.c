@@ -202,6 +202,9 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
     p->start_time = start;
     p->pidfd = fd;
     ul_proc_comm((pid_t)pid, p->comm, sizeof p->comm);
+    /* A process names itself: whatever bytes it chose must not reach a
+     * reply (the codec refuses control characters) or a log unescaped. */
+    ul_text_sanitize(p->comm, UL_MAX_COMM);
     lt_ident id = {.pid = pid, .uid = uid, .start_time = start};
     snprintf(id.comm, sizeof id.comm, "%s", p->comm);
     p->owner = lt_owner_new(b->table, &id);

@@ -678,3 +678,16 @@ unsigned ul_client_queued(uvmlease *c)
     pthread_mutex_unlock(&c->mu);
     return n;
 }
+
+unsigned ul_client_outstanding(uvmlease *c)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&c->mu);
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        n++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}

@@ -141,7 +141,9 @@ void ul_client_shutdown(uvmlease *c);
  * thread without locks held. */
 void ul_client_on_event(uvmlease *c, ul_client_event_fn fn, void *ctx);
 
-/* Tests: acquires with a waiting caller that the broker has queued. */
+/* Tests: acquires with a waiting caller that the broker has queued; and
+ * every request record not yet settled (calls and background work). */
 unsigned ul_client_queued(uvmlease *c);
+unsigned ul_client_outstanding(uvmlease *c);
 
 #endif

@@ -140,10 +140,24 @@ typedef struct field {
     size_t off;
 } field;
 
-#define MEMBER_CAP(type, m) ((uint16_t)(sizeof(((type *)0)->m) - 1))
+#define MEMBER_SIZE(type, m) sizeof(((type *)0)->m)
+#define MEMBER_CAP(type, m)  ((uint16_t)(MEMBER_SIZE(type, m) - 1))
+
+/* Whether a struct member of sz bytes can hold a field of kind k: the
+ * codec copies fixed sizes in and out, so a member whose type changes must
+ * stop the build rather than be overrun. */
+#define KIND_FITS(k, sz)                                                                            \
+    (((k) == FK_U64 || (k) == FK_U64NZ || (k) == FK_TIMEOUT)                 ? (sz) == 8            \
+     : ((k) == FK_U32 || (k) == FK_U32NZ || (k) == FK_PID || (k) == FK_PID0) ? (sz) == 4            \
+     : ((k) == FK_BOOL || (k) == FK_CLASS)                                   ? (sz) == sizeof(bool) \
+     : ((k) == FK_MODE || (k) == FK_EVTYPE || (k) == FK_OP)                  ? (sz) == sizeof(int)  \
+                                                                             : (sz) > 1)
+/* offsetof, plus a compile-time KIND_FITS check (a negative array size). */
+#define CHECKED_OFFSET(type, kind, m)                                                              \
+    (offsetof(type, m) + 0 * sizeof(char[KIND_FITS(kind, MEMBER_SIZE(type, m)) ? 1 : -1]))
 #define FIELD(type, key, kind, flags, m)                                                           \
     {                                                                                              \
-        key, kind, flags, MEMBER_CAP(type, m), offsetof(type, m)                                   \
+        key, kind, flags, MEMBER_CAP(type, m), CHECKED_OFFSET(type, kind, m)                       \
     }
 #define NFIELDS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -185,19 +199,26 @@ struct field_set {
     const field *f;
     size_t n;
 };
-#define FSET(a)                                                                                    \
-    {                                                                                              \
-        a, NFIELDS(a)                                                                              \
-    }
+/* clang-format off */
+#define FSET(a) {(a), NFIELDS(a)}
+/* clang-format on */
 
+/* clang-format off */
 static const struct field_set s_req_fields[UL_OP_COUNT_] = {
-    [UL_OP_HELLO] = FSET(f_req_hello),         [UL_OP_ACQUIRE] = FSET(f_req_acquire),
-    [UL_OP_CANCEL] = FSET(f_req_cancel),       [UL_OP_RELEASE] = FSET(f_req_release),
-    [UL_OP_PHASE] = FSET(f_req_phase),         [UL_OP_WATCH_CHILD] = FSET(f_req_watch_child),
-    [UL_OP_LIST] = FSET(f_req_list),           [UL_OP_SHOW] = FSET(f_req_uvm),
-    [UL_OP_DRAIN] = FSET(f_req_drain),         [UL_OP_UNDRAIN] = FSET(f_req_drain),
+    [UL_OP_HELLO] = FSET(f_req_hello),
+    [UL_OP_ACQUIRE] = FSET(f_req_acquire),
+    [UL_OP_CANCEL] = FSET(f_req_cancel),
+    [UL_OP_RELEASE] = FSET(f_req_release),
+    [UL_OP_PHASE] = FSET(f_req_phase),
+    [UL_OP_WATCH_CHILD] = FSET(f_req_watch_child),
+    [UL_OP_LIST] = FSET(f_req_list),
+    [UL_OP_SHOW] = FSET(f_req_uvm),
+    [UL_OP_DRAIN] = FSET(f_req_drain),
+    [UL_OP_UNDRAIN] = FSET(f_req_drain),
     [UL_OP_FORCE_RELEASE] = FSET(f_req_force),
+    /* ping, watch, unwatch, stats: no fields */
 };
+/* clang-format on */
 
 #define RP(key, kind, flags, m) FIELD(ul_reply, key, kind, flags, m)
 static const field f_rep_head[] = {RP("bi", FK_U64NZ, 0, instance)};

@@ -280,9 +280,11 @@ extern const ul_mp_limits ul_limits_reply;
  * allocating. Checks, in this order: total size (ETOOLARGE), then for each
  * element: reserved byte 0xc1 (EMALFORMED), nesting (ETOODEEP), container
  * count or str/bin/ext length above limits (ELIMIT), declared length or
- * count exceeding the bytes left (ETRUNCATED: each element needs at least
- * one byte), and finally bytes after the object (ETRAILING).
- * Returns 0 or a uvmlease_status.
+ * count exceeding the bytes left (ETRUNCATED: each element still announced
+ * by any open container needs at least one byte), and finally bytes after
+ * the object (ETRAILING). An empty buffer is ETRUNCATED. max_depth is
+ * capped at 32, msgpack-c's own nesting limit. Returns 0, a status, or
+ * UVMLEASE_EINVAL for a NULL lim or a NULL buf with len > 0.
  */
 int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim);
 
@@ -294,15 +296,18 @@ int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim);
  */
 int ul_request_decode(const void *buf, size_t len, ul_request *out);
 
-/* Encode a request into out (appended at out->len). Validates the same
- * rules as the decoder; returns 0 or a uvmlease_status. */
+/* Encode a request into out (appended at out->len) in the canonical form
+ * of PROTOCOL.md. Validates the same rules as the decoder; returns 0 or a
+ * uvmlease_status, and on error leaves out->len as it was. The version
+ * written is always UL_PROTO_VERSION (req->version is not read). */
 int ul_request_encode(const ul_request *req, ul_buf *out);
 
 /* Decode a broker message. On success the caller owns *out and must call
  * ul_reply_free(). On error nothing is left allocated. */
 int ul_reply_decode(const void *buf, size_t len, ul_reply *out);
 
-/* Encode a broker message (appended at out->len). Returns 0 or a status. */
+/* Encode a broker message (appended at out->len), like ul_request_encode.
+ * ETOOLARGE when it would exceed UL_MAX_REPLY (send a shorter list page). */
 int ul_reply_encode(const ul_reply *rep, ul_buf *out);
 
 /* Free the arrays of a decoded reply and zero it. Safe on a zeroed reply. */

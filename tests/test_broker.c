@@ -564,11 +564,24 @@ Test(broker, logs_are_logfmt_and_escaped)
         _exit(s_holder(&a));
     }
     cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    /* A refusal naming that holder still encodes. */
+    pid_t t = ut_fork();
+    if (t == 0) {
+        void *s = ut_dealer(ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "t", 0, &r, NULL, NULL, 5000) != UVMLEASE_EBUSY)
+            _exit(10);
+        _exit(r.has_holder && strcmp(r.holder.comm, "evil?name=x") == 0 ? 0 : 11);
+    }
+    cr_assert_eq(ut_wait_code(t, 10000), 0);
     ut_chan_put(&go, 'x');
     cr_assert_eq(ut_wait_code(p, 10000), 0);
     cr_assert(ut_wait_until(s_cap_has, "msg=release", 5000));
     char want[128];
-    snprintf(want, sizeof want, "msg=grant uvm=%s pid=%d comm=\"evil\\nname=x\"", UVM_C, (int)p);
+    /* The process named itself "evil\nname=x": the newline never reaches a
+     * log line or a reply. */
+    snprintf(want, sizeof want, "msg=grant uvm=%s pid=%d comm=\"evil?name=x\"", UVM_C, (int)p);
     cr_assert(s_cap_has(want), "no escaped grant line in:\n%s", s_cap.buf);
     cr_assert(s_cap_has("label=\"lbl \\\"q\\\"\""), "label not escaped:\n%s", s_cap.buf);
     cr_assert(s_cap_has("reason=released"), "%s", s_cap.buf);

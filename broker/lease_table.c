@@ -1039,14 +1039,13 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     lt_waiter *oldw = old ? NULL : s_waiter_by_rid(t, o, a->rid);
     if (old || oldw) {
         lt_uvm *ou = old ? old->uvm : oldw->uvm;
-        if (strcmp(ou->id, a->uvm) != 0)
+        bool conf = old ? ou->confidential : oldw->confidential;
+        if (strcmp(ou->id, a->uvm) != 0 || conf != a->confidential)
             return UVMLEASE_EDUPLICATE;
         res->resent = true;
         if (old) {
-            old->user = a->user;
             res->lease = old;
         } else {
-            oldw->user = a->user;
             res->waiter = oldw;
             res->position = s_position(oldw);
         }
@@ -1241,16 +1240,14 @@ lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id)
     return NULL;
 }
 
-lt_waiter *lt_waiter_find(lt_owner *o, uint64_t rid)
+lt_waiter *lt_waiter_find(lt_table *t, lt_owner *o, uint64_t rid)
 {
-    if (!o)
-        return NULL;
-    for (ul_list *n = o->waiters.next; n != &o->waiters; n = n->next) {
-        lt_waiter *w = ul_container_of(n, lt_waiter, owner_link);
-        if (w->rid == rid)
-            return w;
-    }
-    return NULL;
+    return t && o ? s_waiter_by_rid(t, o, rid) : NULL;
+}
+
+bool lt_rid_known(lt_table *t, lt_owner *o, uint64_t rid)
+{
+    return t && o && (s_lease_by_rid(t, o, rid) || s_waiter_by_rid(t, o, rid));
 }
 
 int lt_drain(lt_table *t, const char *uvm, uint64_t now)

@@ -282,8 +282,9 @@ typedef struct lt_acquire_result {
  * res->waiter set), EBUSY (try on a held UVM), EDRAINING, ECLASS,
  * EBADVALUE (timeout_ms < -1) or ENOMEM. A re-send of a known (owner, rid)
  * returns the existing lease or waiter with res->resent and changes nothing
- * (except the user pointer, which is replaced so replies follow the new
- * route); the same rid naming another UVM is EDUPLICATE. rid must be unique
+ * (a->user is ignored: the caller updates the existing user data so replies
+ * follow the new route); the same rid naming another UVM or class is
+ * EDUPLICATE. rid must be unique
  * per owner among its live acquires. A grant inside this call emits
  * GRANTED (waiter NULL) before it returns; res may be NULL.
  */
@@ -310,8 +311,10 @@ int lt_attach_child(lt_table *t, lt_owner *o, uint64_t lease_id, lt_owner *child
 /* Lookups. */
 lt_uvm *lt_uvm_find(lt_table *t, const char *uvm);
 lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id);
-/* Which owner-queued waiter has this rid, or NULL. O(owner's waiters). */
-lt_waiter *lt_waiter_find(lt_owner *o, uint64_t rid);
+/* The owner's queued waiter with this rid, or NULL. O(1). */
+lt_waiter *lt_waiter_find(lt_table *t, lt_owner *o, uint64_t rid);
+/* Whether the owner has a lease or waiter from acquire `rid`. O(1). */
+bool lt_rid_known(lt_table *t, lt_owner *o, uint64_t rid);
 
 /* Drain: no new grants; current waiters fail with EDRAINING, later
  * acquires too; holders finish. Creates the entry if missing (it stays

@@ -49,15 +49,6 @@ static broute *s_route_copy(const broute *r)
     return c;
 }
 
-static uint32_t s_queue_position(const lt_waiter *w)
-{
-    uint32_t pos = 1;
-    const ul_list *h = &w->uvm->waiters;
-    for (const ul_list *n = h->next; n != h && n != &w->uvm_link; n = n->next)
-        pos++;
-    return pos;
-}
-
 static void s_reply_granted(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
                             const lt_lease *l)
 {
@@ -80,32 +71,6 @@ static void s_reply_queued(uvmlease_broker *b, const ul_peer *peer, const ul_req
     ul_broker_send(b, peer->route, &rep);
 }
 
-/* An acquire the broker already knows (same process, same rid): answer with
- * what it became, and send later messages to the new route. */
-static bool s_acquire_resent(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
-                             lt_owner *o)
-{
-    lt_waiter *w = lt_waiter_find(o, req->rid);
-    if (w) {
-        if (w->user)
-            *(broute *)w->user = *peer->route;
-        s_reply_queued(b, peer, req, s_queue_position(w));
-        return true;
-    }
-    ul_list *pos, *tmp;
-    ul_list_foreach_safe(pos, tmp, &o->leases)
-    {
-        lt_lease *l = ul_container_of(pos, lt_lease, owner_link);
-        if (l->rid == req->rid) {
-            if (l->user)
-                *(broute *)l->user = *peer->route;
-            s_reply_granted(b, peer, req, l);
-            return true;
-        }
-    }
-    return false;
-}
-
 static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
     int err = 0;
@@ -114,9 +79,11 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
         ul_broker_reply_error(b, peer, req, err, NULL);
         return;
     }
-    if (s_acquire_resent(b, peer, req, p->owner))
-        return;
-    if (p->n_active >= UL_MAX_PER_PROCESS) {
+    /* A re-send (same process, same rid: the client saw a new broker
+     * instance or lost a reply) is answered from what the acquire became,
+     * whatever the per-process limit. */
+    bool known = lt_rid_known(b->table, p->owner, req->rid);
+    if (!known && p->n_active >= UL_MAX_PER_PROCESS) {
         ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE,
                               "too many leases and waiting acquires for one process");
         ul_broker_log_reject(b, peer->pid, UVMLEASE_ERESOURCE, "per-process limit");
@@ -139,6 +106,18 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     memset(&res, 0, sizeof res);
     uint64_t now = ul_now_ms();
     int rc = lt_acquire(b->table, p->owner, &a, now, &res);
+    if (rc == 0 && res.resent) {
+        /* Later messages follow the connection the re-send came on. */
+        broute *cur = res.lease ? res.lease->user : res.waiter->user;
+        if (cur)
+            *cur = *route;
+        free(route);
+        if (res.lease)
+            s_reply_granted(b, peer, req, res.lease);
+        else
+            s_reply_queued(b, peer, req, res.position);
+        return;
+    }
     if (rc == 0 && (res.lease || res.waiter))
         p->n_active++;
     if (rc == 0 && res.lease) {

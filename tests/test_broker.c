@@ -651,3 +651,48 @@ Test(broker, non_ipc_endpoint_refused)
     cr_assert_null(b);
     ut_rmrf(dir);
 }
+
+Test(broker, acquire_resend_is_idempotent)
+{
+    const char *ep = s_start(NULL);
+    ut_chan ra, go;
+    ut_chan_open(&ra);
+    ut_chan_open(&go);
+    holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "a", .report = &ra, .go = &go};
+    pid_t pa = s_spawn_holder(&a);
+    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    pid_t p = ut_fork();
+    if (p == 0) {
+        /* The same acquire (same rid) on a first connection, then again on
+         * a second one, as a client does after reconnecting. */
+        void *s1 = ut_dealer(ep), *s2 = ut_dealer(ep);
+        ul_request q;
+        ul_reply r;
+        ut_req(&q, UL_OP_ACQUIRE);
+        snprintf(q.uvm, sizeof q.uvm, UVM_C);
+        q.confidential = true;
+        if (ut_call(s1, &q, &r, 5000) || !r.queued || r.position != 1)
+            _exit(10);
+        if (ut_call(s2, &q, &r, 5000) || !r.queued || r.position != 1)
+            _exit(11);
+        /* The same rid for another UVM is a different request. */
+        ul_request d = q;
+        snprintf(d.uvm, sizeof d.uvm, "other@vm");
+        if (ut_call(s2, &d, &r, 5000) || r.err != UVMLEASE_EDUPLICATE)
+            _exit(12);
+        ut_chan_put(&go, 'x'); /* let a release */
+        /* The grant follows the newest route. */
+        if (ut_recv(s2, &r, 5000) || r.kind != UL_MSG_GRANT || r.rid != q.rid)
+            _exit(13);
+        uint64_t lease = r.lease, fence = r.fence;
+        if (ut_recv(s1, &r, 200) != -1)
+            _exit(14); /* nothing for the old connection */
+        /* A re-send after the grant answers with the same lease. */
+        if (ut_call(s1, &q, &r, 5000) || r.err || r.lease != lease || r.fence != fence)
+            _exit(15);
+        _exit(ut_release(s1, lease) == 0 ? 0 : 16);
+    }
+    cr_assert_eq(ut_wait_code(p, 10000), 0);
+    cr_assert_eq(ut_wait_code(pa, 10000), 0);
+    s_stop();
+}

@@ -205,7 +205,7 @@ static void check(lt_table *t)
             cr_assert_gt(w->seq, prev, "queue out of arrival order");
             prev = w->seq;
             cr_assert_eq(w->confidential, u->confidential);
-            cr_assert_eq(lt_waiter_find(w->owner, w->rid), w);
+            cr_assert_eq(lt_waiter_find(t, w->owner, w->rid), w);
         }
         cr_assert_eq(nh, u->n_holders);
         cr_assert_eq(nw, u->n_waiters);
@@ -981,7 +981,7 @@ Test(lease_table, resend_is_idempotent)
     cr_assert(r.resent);
     cr_assert_eq(r.lease, l);
     cr_assert_eq(l->fence, fence);
-    cr_assert_eq(l->user, (void *)2, "the reply route follows the re-send");
+    cr_assert_eq(l->user, (void *)1, "the caller, not the table, updates the route");
     cr_assert_eq(R.n, events, "a re-send emits nothing");
     cr_assert_eq(lt_stats_get(t)->grants, 1);
 
@@ -998,12 +998,17 @@ Test(lease_table, resend_is_idempotent)
     cr_assert_eq(r.waiter, w);
     cr_assert_eq(r.position, 1);
     cr_assert_eq(w->deadline, 110);
-    cr_assert_eq(w->user, (void *)4);
+    cr_assert_eq(w->user, (void *)3, "a re-send leaves the user data to the caller");
+    w->user = (void *)4; /* as the broker does: the route follows the re-send */
     cr_assert_eq(lt_uvm_find(t, U1)->n_waiters, 2);
-    /* the same rid for another UVM is a client bug, not a re-send */
+    /* the same rid for another UVM or class is a client bug, not a re-send */
     args.uvm = U2;
     cr_assert_eq(lt_acquire(t, b, &args, 51, &r), UVMLEASE_EDUPLICATE);
     cr_assert_null(lt_uvm_find(t, U2));
+    args.uvm = U1;
+    args.confidential = false;
+    cr_assert_eq(lt_acquire(t, b, &args, 51, &r), UVMLEASE_EDUPLICATE);
+    args.confidential = true;
     /* the granted lease inherits the latest user pointer */
     cr_assert_eq(lt_release(t, a, l->id, 60), 0);
     cr_assert_eq(ev(LT_EV_GRANTED, 1)->user, (void *)4);
@@ -1255,7 +1260,7 @@ Test(lease_table, iteration_and_lookups)
     cr_assert_null(lt_uvm_find(t, ""));
     cr_assert_null(lt_uvm_find(t, NULL));
     cr_assert_null(lt_lease_find(t, 0));
-    cr_assert_null(lt_waiter_find(a, 1), "granted acquires are not waiters");
+    cr_assert_null(lt_waiter_find(t, a, 1), "granted acquires are not waiters");
     lt_free(&t);
 }
 

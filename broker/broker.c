@@ -524,7 +524,11 @@ static int s_recv_one(uvmlease_broker *b)
     }
     ul_peer peer = {.route = &route, .uid = uid, .gid = gid, .pid = pid};
     if (!cred || pid == 0) {
-        ul_broker_reply_error(b, &peer, NULL, UVMLEASE_EPEER,
+        /* Refused whatever it asks; decoding only finds the rid, so the
+         * client can match the refusal to its request. */
+        ul_request req;
+        ul_request_decode(zmq_msg_data(&body), zmq_msg_size(&body), &req);
+        ul_broker_reply_error(b, &peer, &req, UVMLEASE_EPEER,
                               cred ? "peer pid is 0: another pid namespace"
                                    : "no peer credentials");
         ul_broker_log_reject(b, pid, UVMLEASE_EPEER, "credentials");

@@ -696,3 +696,38 @@ Test(broker, acquire_resend_is_idempotent)
     cr_assert_eq(ut_wait_code(pa, 10000), 0);
     s_stop();
 }
+
+Test(broker, overdue_is_flagged_never_revoked)
+{
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.hold_warn_ms = 50;
+    cfg.log_sink = s_cap_sink;
+    cfg.log_ctx = &s_cap;
+    const char *ep = s_start(&cfg);
+    ut_chan ra, go;
+    ut_chan_open(&ra);
+    ut_chan_open(&go);
+    holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "slow", .report = &ra,
+                     .go = &go};
+    pid_t pa = s_spawn_holder(&a);
+    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    cr_assert(ut_wait_until(s_cap_has, "msg=\"lease overdue\"", 5000), "no overdue line:\n%s",
+              s_cap.buf);
+    /* Still held, and shown as overdue to whoever is refused. */
+    pid_t t = ut_fork();
+    if (t == 0) {
+        void *s = ut_dealer(ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "t", 0, &r, NULL, NULL, 5000) != UVMLEASE_EBUSY)
+            _exit(10);
+        _exit(r.has_holder && r.holder.overdue && r.holder.pid == (uint32_t)pa ? 0 : 11);
+    }
+    cr_assert_eq(ut_wait_code(t, 10000), 0);
+    char *first = strstr(s_cap.buf, "lease overdue");
+    cr_assert(first && !strstr(first + 1, "lease overdue"), "overdue logged more than once");
+    ut_chan_put(&go, 'x');
+    cr_assert_eq(ut_wait_code(pa, 10000), 0, "the overdue holder could not release normally");
+    s_stop();
+}

@@ -411,3 +411,46 @@ Test(daemon, hostile_peers)
     s_still_serves(&d, "10,000 acquires from one peer");
     s_daemon_stop(&d);
 }
+
+/* A broker in its own pid namespace cannot see a client outside it: the
+ * kernel reports the peer's pid as 0, and such a peer is refused. */
+Test(daemon, peer_from_another_pid_namespace_refused)
+{
+    if (geteuid() != 0 || access("/usr/bin/unshare", X_OK) != 0)
+        cr_skip_test("needs root and unshare(1) to make a pid namespace");
+    char dir[256], log[300], ep[300], bin[512];
+    ut_tmpdir("pidns", dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
+    ut_build_path("uvmleased", bin, sizeof bin);
+    pid_t d = ut_fork();
+    if (d == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 2);
+        execl("/usr/bin/unshare", "unshare", "--pid", "--fork", "--kill-child", bin, "--runtime-dir", dir,
+              (char *)NULL);
+        _exit(127);
+    }
+    /* Ping until a reply arrives: it must be the refusal. */
+    int got = -1;
+    uint64_t deadline = ul_now_ms() + 10000;
+    while (got < 0 && ul_now_ms() < deadline) {
+        struct stat st;
+        if (stat(ep + 6, &st) == 0) {
+            void *s = ut_dealer(ep);
+            ul_request q;
+            ul_reply r;
+            memset(&r, 0, sizeof r);
+            ut_req(&q, UL_OP_PING);
+            if (ut_call(s, &q, &r, 500) == 0)
+                got = (int)r.err;
+            ut_dealer_close(s);
+        }
+        if (got < 0)
+            usleep(2000);
+    }
+    cr_assert_eq(got, UVMLEASE_EPEER, "expected peer-refused, got %d", got);
+    kill(d, SIGTERM);
+    ut_wait(d, 10000);
+    ut_rmrf(dir);
+}

@@ -523,6 +523,12 @@ static int s_recv_one(uvmlease_broker *b)
         zmq_msg_close(&x);
     }
     ul_peer peer = {.route = &route, .uid = uid, .gid = gid, .pid = pid};
+    if (b->log.min_level <= UL_LOG_DEBUG) {
+        char pidbuf[16], lenbuf[16];
+        snprintf(pidbuf, sizeof pidbuf, "%u", pid);
+        snprintf(lenbuf, sizeof lenbuf, "%zu", zmq_msg_size(&body));
+        ul_log(&b->log, UL_LOG_DEBUG, "message", "pid", pidbuf, "bytes", lenbuf, NULL);
+    }
     if (!cred || pid == 0) {
         /* Refused whatever it asks; decoding only finds the rid, so the
          * client can match the refusal to its request. */

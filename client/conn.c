@@ -74,7 +74,10 @@ int ul_waitctx_init(ul_waitctx *w, uvmlease *c)
     return 0;
 }
 
-void ul_waitctx_destroy(ul_waitctx *w) { pthread_cond_destroy(&w->cv); }
+void ul_waitctx_destroy(ul_waitctx *w)
+{
+    pthread_cond_destroy(&w->cv);
+}
 
 void ul_client_reply_free(ul_reply *rep)
 {
@@ -84,7 +87,10 @@ void ul_client_reply_free(ul_reply *rep)
     }
 }
 
-bool ul_client_usable(const uvmlease *c) { return c && c->pid == getpid(); }
+bool ul_client_usable(const uvmlease *c)
+{
+    return c && c->pid == getpid();
+}
 
 static void s_req_free(ul_req *r)
 {
@@ -217,6 +223,9 @@ static ul_reply *s_on_reply_locked(uvmlease *c, ul_req *r, ul_reply *rep)
         if (a && a->op == UL_OP_ACQUIRE && !a->w)
             s_unlink_free_locked(c, a);
     }
+    /* A release sent again after a restart may have been done before it. */
+    if (r->op == UL_OP_RELEASE && r->resent && rep->err == UVMLEASE_ENOLEASE)
+        rep->err = 0;
     if (r->w) {
         s_finish_locked(c, r, rep, 0);
         return NULL;
@@ -236,8 +245,30 @@ static void s_on_revoked_locked(uvmlease *c, const ul_reply *rep)
     }
 }
 
-/* A new broker instance: send it everything still outstanding. Acquires
- * keep their rid, so a broker that restored them answers idempotently. */
+/* A parked acquire was concluded ("shutdown"), so the successor is asked
+ * with a new rid (PROTOCOL.md 7.2: a concluded rid is never re-sent). */
+static int s_renumber(ul_req *r)
+{
+    ul_request q;
+    int rc = ul_request_decode(r->msg.data, r->msg.len, &q);
+    if (rc)
+        return rc;
+    q.rid = ul_client_rid();
+    ul_buf b = {0};
+    rc = ul_request_encode(&q, &b);
+    if (rc) {
+        ul_buf_free(&b);
+        return rc;
+    }
+    ul_buf_free(&r->msg);
+    r->msg = b;
+    r->rid = q.rid;
+    return 0;
+}
+
+/* A new broker instance: send it everything still outstanding. Waiting
+ * acquires keep their rid, so a broker that restored them answers
+ * idempotently (PROTOCOL.md section 8). */
 static void s_resend_locked(uvmlease *c)
 {
     ul_list *pos, *tmp;
@@ -246,8 +277,14 @@ static void s_resend_locked(uvmlease *c)
         ul_req *r = ul_container_of(pos, ul_req, link);
         if (r->op == UL_OP_ACQUIRE && !r->w)
             continue; /* abandoned: its cancel goes out instead */
-        if (r->sent || r->parked)
+        if (r->parked && s_renumber(r) != 0) {
+            s_finish_locked(c, r, NULL, UVMLEASE_EINTERNAL);
+            continue;
+        }
+        if (r->sent || r->parked) {
             r->need_send = true;
+            r->resent = true;
+        }
         r->queued = false;
         r->parked = false;
     }
@@ -431,7 +468,7 @@ int ul_client_io_start(uvmlease *c)
     if (c->zctx)
         c->sock = zmq_socket(c->zctx, ZMQ_DEALER);
     if (c->sock) {
-        int linger = 0; /* close() waits for answers itself, bounded */
+        int linger = 0;    /* close() waits for answers itself, bounded */
         int immediate = 1; /* no queueing into a broker that is not there */
         int64_t maxmsg = UL_MAX_REPLY;
         if (zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
@@ -482,6 +519,7 @@ void ul_client_unref(uvmlease *c)
 {
     pthread_mutex_lock(&c->mu);
     bool last = --c->refs == 0;
+    pthread_cond_broadcast(&c->idle_cv);
     pthread_mutex_unlock(&c->mu);
     if (last)
         s_conn_free(c);
@@ -582,8 +620,11 @@ out:
 
 /* ----------------------------------------------------------------- close */
 
-static bool s_background_left_locked(uvmlease *c)
+/* Calls still in progress, or work nobody waits for. */
+static bool s_busy_locked(uvmlease *c)
 {
+    if (c->refs > 1 + c->lease_refs)
+        return true;
     ul_list *pos, *tmp;
     ul_list_foreach_safe(pos, tmp, &c->reqs)
     {
@@ -615,7 +656,7 @@ void ul_client_shutdown(uvmlease *c)
         /* Leave nothing behind on the broker (releases, cancels of acquires
          * just given up), but never hang on a broker that is gone. */
         uint64_t deadline = ul_now_ms() + UVMLEASE_CLOSE_TIMEOUT_MS;
-        while (s_background_left_locked(c)) {
+        while (s_busy_locked(c)) {
             if (ul_now_ms() >= deadline)
                 break;
             struct timespec ts;

@@ -46,16 +46,17 @@ typedef struct ul_req {
     ul_list link; /* in uvmlease.reqs while the connection owns it */
     uint64_t rid;
     ul_op op;
-    uint64_t target;   /* cancel: the acquire's rid */
-    ul_buf msg;        /* encoded, kept for re-sends */
-    bool need_send;    /* the I/O thread must (re)send it */
-    bool sent;         /* sent at least once */
-    uint64_t sent_ms;  /* last send, monotonic */
-    bool queued;       /* acquire: the broker said "queued" */
-    bool parked;       /* acquire: the broker is shutting down; re-sent to its successor */
-    ul_waitctx *w;     /* the waiting caller, NULL for background work */
-    bool done;         /* answered; rep set, unlinked, owned by the caller */
-    int local_err;     /* done without an answer (the send failed) */
+    uint64_t target;  /* cancel: the acquire's rid */
+    ul_buf msg;       /* encoded, kept for re-sends */
+    bool need_send;   /* the I/O thread must (re)send it */
+    bool sent;        /* sent at least once */
+    uint64_t sent_ms; /* last send, monotonic */
+    bool queued;      /* acquire: the broker said "queued" */
+    bool parked;      /* acquire: failed with "shutdown"; asked anew of the successor */
+    bool resent;      /* sent again to a new broker instance */
+    ul_waitctx *w;    /* the waiting caller, NULL for background work */
+    bool done;        /* answered; rep set, unlinked, owned by the caller */
+    int local_err;    /* done without an answer (the send failed) */
     ul_reply *rep;
 } ul_req;
 
@@ -71,14 +72,15 @@ struct uvmlease {
     int wakefd;
     pthread_t io;
     bool io_started;
-    bool closing; /* close() began: calls fail with ECLOSED */
-    bool stop;    /* the I/O thread must exit; no more background work */
-    unsigned refs; /* the user's handle, lease handles, calls in progress */
-    ul_list reqs;  /* ul_req.link, in send order */
-    ul_list leases; /* uvmlease_lease.link */
+    bool closing;        /* close() began: calls fail with ECLOSED */
+    bool stop;           /* the I/O thread must exit; no more background work */
+    unsigned refs;       /* the user's handle, lease handles, calls in progress */
+    unsigned lease_refs; /* of refs, the lease handles */
+    ul_list reqs;        /* ul_req.link, in send order */
+    ul_list leases;      /* uvmlease_lease.link */
     bool have_bi;
-    uint64_t bi;          /* broker instance id last seen */
-    uint64_t last_rx_ms;  /* last message from the broker, monotonic */
+    uint64_t bi;         /* broker instance id last seen */
+    uint64_t last_rx_ms; /* last message from the broker, monotonic */
     uint64_t next_ping_ms;
     uint32_t broker_pid; /* from hello */
     char server[UL_MAX_CLIENT + 1];
@@ -123,9 +125,11 @@ void ul_client_reply_free(ul_reply *rep);
  * Caller holds c->mu. */
 void ul_client_release_bg_locked(uvmlease *c, uint64_t lease);
 
-/* Reference counting: call_enter() takes a reference for a call in
+/* Reference counting: ul_client_enter() takes a reference for a call in
  * progress (0 or ECLOSED); unref drops one and frees a closed connection
- * when it was the last. */
+ * when it was the last. close() waits (bounded) for calls in progress to
+ * leave before it stops the I/O thread, so that what they still have to
+ * tell the broker (a grant that came too late) is sent. */
 int ul_client_enter(uvmlease *c);
 void ul_client_unref(uvmlease *c);
 
@@ -138,7 +142,8 @@ int ul_client_io_start(uvmlease *c);
 void ul_client_shutdown(uvmlease *c);
 
 /* Deliver unasked "event" messages (watch) to fn, called on the I/O
- * thread without locks held. */
+ * thread without locks held. fn must not wait on this connection (its
+ * answers arrive on that very thread). */
 void ul_client_on_event(uvmlease *c, ul_client_event_fn fn, void *ctx);
 
 /* Tests: acquires with a waiting caller that the broker has queued; and

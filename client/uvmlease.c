@@ -43,7 +43,7 @@ int ul_client_resolve_endpoint(const char *arg, char *out, size_t outsz)
 {
     const char *env = getenv("UVMLEASE_ENDPOINT");
     const char *xdg = getenv("XDG_RUNTIME_DIR");
-    const char *sys = UVMLEASE_SYSTEM_ENDPOINT + strlen(IPC_PREFIX);
+    const char *sys = &UVMLEASE_SYSTEM_ENDPOINT[sizeof IPC_PREFIX - 1];
     int n;
     if (arg)
         n = snprintf(out, outsz, "%s", arg);
@@ -133,7 +133,7 @@ int uvmlease_connect(const char *endpoint, uvmlease **out)
     if (!out)
         return UVMLEASE_EINVAL;
     *out = NULL;
-    char ep[sizeof ((uvmlease *)0)->endpoint];
+    char ep[sizeof((uvmlease *)0)->endpoint];
     int rc = ul_client_resolve_endpoint(endpoint, ep, sizeof ep);
     if (!rc)
         rc = s_probe(ep);
@@ -175,11 +175,6 @@ void uvmlease_close(uvmlease *c)
     /* In a forked child the mutex may have been copied locked and the
      * thread does not exist: leave the inherited copy alone. */
     if (!ul_client_usable(c))
-        return;
-    pthread_mutex_lock(&c->mu);
-    bool again = c->closing;
-    pthread_mutex_unlock(&c->mu);
-    if (again)
         return;
     ul_client_shutdown(c);
     ul_client_unref(c);
@@ -236,6 +231,7 @@ static int s_lease_new(uvmlease *c, const ul_reply *rep, uvmlease_lease **out)
         ul_list_insert_tail(&c->leases, &l->link);
         l->linked = true;
         c->refs++;
+        c->lease_refs++;
     }
     pthread_mutex_unlock(&c->mu);
     if (rc) {
@@ -284,7 +280,8 @@ int uvmlease_acquire(uvmlease *c, const char *uvm_id, unsigned flags, const char
      * silent. */
     int64_t wait_ms = -1;
     if (timeout_ms >= 0)
-        wait_ms = timeout_ms > INT64_MAX / 4 ? INT64_MAX / 4 : timeout_ms + UVMLEASE_ACQUIRE_GRACE_MS;
+        wait_ms =
+            timeout_ms > INT64_MAX / 4 ? INT64_MAX / 4 : timeout_ms + UVMLEASE_ACQUIRE_GRACE_MS;
     ul_reply *rep = NULL;
     rc = s_token_attach(cancel, &w);
     if (!rc) {
@@ -309,9 +306,15 @@ int uvmlease_acquire(uvmlease *c, const char *uvm_id, unsigned flags, const char
 
 /* ---------------------------------------------------------------- leases */
 
-uint64_t uvmlease_lease_fence(const uvmlease_lease *lease) { return lease ? lease->fence : 0; }
+uint64_t uvmlease_lease_fence(const uvmlease_lease *lease)
+{
+    return lease ? lease->fence : 0;
+}
 
-uint64_t uvmlease_lease_id(const uvmlease_lease *lease) { return lease ? lease->id : 0; }
+uint64_t uvmlease_lease_id(const uvmlease_lease *lease)
+{
+    return lease ? lease->id : 0;
+}
 
 /* A call about a lease: checks it is still ours, maps the answer. */
 static int s_lease_call(uvmlease_lease *l, ul_request *q)
@@ -380,6 +383,7 @@ int uvmlease_release(uvmlease_lease *lease)
     pthread_mutex_lock(&c->mu);
     if (lease->linked)
         ul_list_remove(&lease->link);
+    c->lease_refs--;
     pthread_mutex_unlock(&c->mu);
     free(lease);
     ul_client_unref(c);
@@ -460,8 +464,17 @@ void uvmlease_cancel_token_free(uvmlease_cancel_token *t)
 
 /* --------------------------------------------------------------- strings */
 
-const char *uvmlease_strerror(int status) { return ul_status_message(status); }
+const char *uvmlease_strerror(int status)
+{
+    return ul_status_message(status);
+}
 
-const char *uvmlease_status_name(int status) { return ul_status_name(status); }
+const char *uvmlease_status_name(int status)
+{
+    return ul_status_name(status);
+}
 
-const char *uvmlease_version(void) { return UL_VERSION; }
+const char *uvmlease_version(void)
+{
+    return UL_VERSION;
+}

@@ -92,20 +92,20 @@ typedef struct uvmlease_cancel_token uvmlease_cancel_token;
  * (validated UTF-8 without control characters, but otherwise arbitrary).
  */
 typedef struct uvmlease_holder {
-    pid_t pid;                              /* the holding process */
-    char comm[UVMLEASE_COMM_MAX + 1];       /* its command name */
-    char label[UVMLEASE_LABEL_MAX + 1];     /* its label, e.g. a container ID */
-    char phase[UVMLEASE_PHASE_MAX + 1];     /* its last reported phase, or "" */
-    uint64_t held_ms;                       /* how long it has held the lease */
-    uint64_t phase_ms;                      /* how long it has been in that phase */
+    pid_t pid;                          /* the holding process */
+    char comm[UVMLEASE_COMM_MAX + 1];   /* its command name */
+    char label[UVMLEASE_LABEL_MAX + 1]; /* its label, e.g. a container ID */
+    char phase[UVMLEASE_PHASE_MAX + 1]; /* its last reported phase, or "" */
+    uint64_t held_ms;                   /* how long it has held the lease */
+    uint64_t phase_ms;                  /* how long it has been in that phase */
 } uvmlease_holder;
 
 /* What uvmlease_ping() learns about the broker. */
 typedef struct uvmlease_ping_info {
-    pid_t pid;                                /* the broker's process */
-    uint64_t instance;                        /* changes when the broker restarts */
-    char version[UVMLEASE_VERSION_MAX + 1];   /* the broker's software version */
-    uint64_t rtt_us;                          /* round trip of this ping */
+    pid_t pid;                              /* the broker's process */
+    uint64_t instance;                      /* changes when the broker restarts */
+    char version[UVMLEASE_VERSION_MAX + 1]; /* the broker's software version */
+    uint64_t rtt_us;                        /* round trip of this ping */
 } uvmlease_ping_info;
 
 /*
@@ -126,12 +126,14 @@ typedef struct uvmlease_ping_info {
 UVMLEASE_API int uvmlease_connect(const char *endpoint, uvmlease **out);
 
 /*
- * Close a connection and free it. Leases still held through it are released
- * on the broker (as closing a file drops its locks); waiting acquires on
- * other threads return UVMLEASE_ECLOSED. Lease handles the caller still has
- * stay valid objects: pass them to uvmlease_release(), which then only
- * frees them. Blocks until the releases are answered, at most
- * UVMLEASE_CLOSE_TIMEOUT_MS when the broker does not answer. No call on c
+ * Close a connection and free it (once every lease handle is released too).
+ * Leases still held through it are released on the broker (as closing a
+ * file drops its locks); calls blocked on other threads return
+ * UVMLEASE_ECLOSED, and a grant that reaches them now is released. Lease
+ * handles the caller still has stay valid objects: pass them to
+ * uvmlease_release(), which then only frees them. Blocks until those
+ * calls have returned and the broker has answered, at most
+ * UVMLEASE_CLOSE_TIMEOUT_MS when it does not. Call it once; no call on c
  * may start once close has started. Safe on NULL.
  */
 UVMLEASE_API void uvmlease_close(uvmlease *c);
@@ -176,7 +178,8 @@ UVMLEASE_API int uvmlease_acquire(uvmlease *c, const char *uvm_id, unsigned flag
  */
 UVMLEASE_API uint64_t uvmlease_lease_fence(const uvmlease_lease *lease);
 
-/* The lease's ID as the broker and `uvmleasectl` show it. 0 for NULL. */
+/* The lease's ID as the broker and `uvmleasectl` show it. 0 for NULL.
+ * Does not block. Thread-safe. */
 UVMLEASE_API uint64_t uvmlease_lease_id(const uvmlease_lease *lease);
 
 /*
@@ -245,7 +248,7 @@ UVMLEASE_API void uvmlease_cancel_token_free(uvmlease_cancel_token *token);
 UVMLEASE_API const char *uvmlease_strerror(int status);
 UVMLEASE_API const char *uvmlease_status_name(int status);
 
-/* The library's version, e.g. "0.1.0". Static string. */
+/* The library's version, e.g. "0.1.0". Static string. Thread-safe. */
 UVMLEASE_API const char *uvmlease_version(void);
 
 #ifdef __cplusplus

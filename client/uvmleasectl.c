@@ -24,13 +24,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ctl.h"
 #include "ul_client.h"
 #include "ul_text.h"
 #include "uvmlease.h"
 
-#define EXIT_OK    0
-#define EXIT_FAIL  1
-#define EXIT_USAGE 2
+#define EXIT_OK    CTL_EXIT_OK
+#define EXIT_FAIL  CTL_EXIT_FAIL
+#define EXIT_USAGE CTL_EXIT_USAGE
 
 /* run: the lease was not obtained, CMD did not run. EX_TEMPFAIL from
  * sysexits.h ("try again later"); distinct from flock's 1, which collides
@@ -42,11 +43,8 @@
 
 static const char *s_prog = "uvmleasectl";
 
-typedef struct ctl_opts {
-    const char *endpoint; /* NULL: the library's default */
-    bool json;
-} ctl_opts;
-
+/* The dispatch table: each command gets argv[0] = its name, with the
+ * global options already taken out (ctl.h). */
 typedef struct ctl_cmd {
     const char *name;
     int (*fn)(const ctl_opts *g, int argc, char **argv); /* NULL: not implemented yet */
@@ -63,13 +61,14 @@ static const ctl_cmd s_cmds[] = {
      "--uvm ID [--confidential] [--timeout MS] [--label L] [--conflict-exit-code N] -- CMD "
      "[ARGS...]",
      "hold a UVM's lease while CMD runs"},
-    {"list", NULL, "", "one row per UVM with a lease or waiters"},
-    {"show", NULL, "UVM", "the holder, the waiter queue and the last release of a UVM"},
-    {"watch", NULL, "", "stream grants, releases, timeouts and phases"},
-    {"stats", NULL, "[--prometheus]", "counters and latency histograms"},
-    {"drain", NULL, "UVM", "stop new grants for a UVM (admin)"},
-    {"undrain", NULL, "UVM", "resume grants for a UVM (admin)"},
-    {"release", NULL, "--force UVM --mode revoke|kill [--pid P] --reason TEXT",
+    {"list", ctl_cmd_list, "[--wide]", "one row per UVM with a lease or waiters"},
+    {"show", ctl_cmd_show, "UVM [--wide]",
+     "the holder, the waiter queue and the last release of a UVM"},
+    {"watch", ctl_cmd_watch, "", "stream grants, releases, timeouts and phases"},
+    {"stats", ctl_cmd_stats, "[--prometheus]", "counters and latency histograms"},
+    {"drain", ctl_cmd_drain, "UVM [--reason TEXT]", "stop new grants for a UVM (admin)"},
+    {"undrain", ctl_cmd_undrain, "UVM [--reason TEXT]", "resume grants for a UVM (admin)"},
+    {"release", ctl_cmd_release, "--force UVM --mode revoke|kill [--pid P] --reason TEXT",
      "forcibly release a UVM's lease (admin)"},
 };
 #define N_CMDS (sizeof s_cmds / sizeof s_cmds[0])
@@ -129,13 +128,14 @@ static void s_usage(FILE *f)
     for (size_t i = 0; i < N_CMDS; i++)
         fprintf(f, "  %-8s %s%s\n", s_cmds[i].name, s_cmds[i].summary,
                 s_cmds[i].fn ? "" : " (not implemented yet)");
-    fprintf(f, "\nThe endpoint defaults to $UVMLEASE_ENDPOINT, else %s if it exists,\n"
-               "else ipc://$XDG_RUNTIME_DIR/uvmlease/broker.sock.\n"
-               "Exit codes: 0 ok, 1 failure, 2 usage; `run` exits with its command's status.\n",
+    fprintf(f,
+            "\nThe endpoint defaults to $UVMLEASE_ENDPOINT, else %s if it exists,\n"
+            "else ipc://$XDG_RUNTIME_DIR/uvmlease/broker.sock.\n"
+            "Exit codes: 0 ok, 1 failure, 2 usage; `run` exits with its command's status.\n",
             UVMLEASE_SYSTEM_ENDPOINT);
 }
 
-static int s_cmd_usage(const ctl_cmd *c, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static int s_cmd_usage(const ctl_cmd *c, const char *fmt, ...)
 {
     if (fmt) {
         va_list ap;
@@ -250,8 +250,8 @@ static const char *s_signame(int sig)
 typedef struct run_state {
     pthread_mutex_t mu;
     sigset_t set;
-    pid_t child;  /* > 0 while CMD may be signalled */
-    int pending;  /* a cancelling signal that came before CMD was started */
+    pid_t child; /* > 0 while CMD may be signalled */
+    int pending; /* a cancelling signal that came before CMD was started */
     uvmlease_cancel_token *tok;
 } run_state;
 
@@ -307,9 +307,8 @@ static bool s_which(const char *cmd, char *out, size_t outsz)
 
 /* The forked child: wait for the go-ahead, then become CMD. Only
  * async-signal-safe calls: the parent has threads. */
-__attribute__((noreturn)) static void s_child(pid_t parent, int go_fd, int err_fd,
-                                              const char *path, char **argv,
-                                              const sigset_t *mask)
+__attribute__((noreturn)) static void s_child(pid_t parent, int go_fd, int err_fd, const char *path,
+                                              char **argv, const sigset_t *mask)
 {
     /* CMD must not outlive uvmleasectl: the lease is only ours while we
      * live (and, with watch-child, while CMD lives). The parent may have
@@ -561,8 +560,8 @@ static int cmd_run(const ctl_opts *g, int argc, char **argv)
 
     /* Signals are taken by one thread with sigwaitinfo(); block them before
      * any thread exists so every thread (the library's too) inherits it. */
-    run_state st;
-    memset(&st, 0, sizeof st);
+    /* Static: the signal thread uses it until the process exits. */
+    static run_state st;
     pthread_mutex_init(&st.mu, NULL);
     sigemptyset(&st.set);
     for (size_t i = 0; i < N_RUN_SIGNALS; i++)
@@ -616,7 +615,9 @@ int main(int argc, char **argv)
     ctl_opts g = {NULL, false};
     /* Pick the global options out of the whole line (before or after the
      * command name), stopping at "--". What is left goes to the command. */
-    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    /* Static, so it stays reachable for as long as the command runs. */
+    static char **rest;
+    rest = calloc((size_t)argc + 1, sizeof *rest);
     if (!rest) {
         s_diag("out of memory");
         return EXIT_FAIL;
@@ -671,8 +672,7 @@ int main(int argc, char **argv)
         char ep[300];
         if (ul_client_resolve_endpoint(g.endpoint, ep, sizeof ep) != 0) {
             char esc[1024];
-            s_diag("bad endpoint '%s': expected ipc://PATH",
-                   s_esc(g.endpoint, esc, sizeof esc));
+            s_diag("bad endpoint '%s': expected ipc://PATH", s_esc(g.endpoint, esc, sizeof esc));
             return EXIT_USAGE;
         }
     }
@@ -680,7 +680,5 @@ int main(int argc, char **argv)
         s_diag("%s: not implemented yet", cmd->name);
         return EXIT_FAIL;
     }
-    int rc = cmd->fn(&g, n, rest);
-    free(rest);
-    return rc;
+    return cmd->fn(&g, n, rest);
 }

@@ -123,11 +123,11 @@ Test(broker, confidential_is_exclusive_and_fifo)
         pids[i] = s_spawn_holder(&a);
         /* The first is granted; each later one is queued before the next
          * starts, which fixes the arrival order. */
-        cr_assert_eq(ut_chan_get(&rep[i], 10000), i == 0 ? 'G' : 'Q', "child %d", i);
+        cr_assert_eq(ut_chan_get(&rep[i], 30000), i == 0 ? 'G' : 'Q', "child %d", i);
     }
     for (int i = 0; i < N; i++) {
         if (i > 0)
-            cr_assert_eq(ut_chan_get(&rep[i], 10000), 'G', "child %d not granted", i);
+            cr_assert_eq(ut_chan_get(&rep[i], 30000), 'G', "child %d not granted", i);
         /* Nobody else may be granted while i holds. */
         for (int j = i + 1; j < N; j++)
             cr_assert_eq(ut_chan_get(&rep[j], 0), -1, "child %d granted while %d holds", j, i);
@@ -199,10 +199,10 @@ Test(broker, kill9_holder_hands_on)
     holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "a", .report = &ra,
                      .go = &never};
     pid_t pa = s_spawn_holder(&a);
-    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
     holder_args bb = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "b", .report = &rb};
     pid_t pb = s_spawn_holder(&bb);
-    cr_assert_eq(ut_chan_get(&rb, 10000), 'Q');
+    cr_assert_eq(ut_chan_get(&rb, 30000), 'Q');
     uint64_t t0 = ul_now_us();
     kill(pa, SIGKILL);
     cr_assert_eq(ut_chan_get(&rb, 5000), 'G', "waiter not granted after the holder died");
@@ -224,13 +224,13 @@ Test(broker, killed_waiter_leaves_queue)
     ut_chan_open(&go);
     holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "a", .report = &ra, .go = &go};
     pid_t pa = s_spawn_holder(&a);
-    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
     holder_args b = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "b", .report = &rb};
     pid_t pb = s_spawn_holder(&b);
-    cr_assert_eq(ut_chan_get(&rb, 10000), 'Q');
+    cr_assert_eq(ut_chan_get(&rb, 30000), 'Q');
     holder_args c = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "c", .report = &rc};
     pid_t pc = s_spawn_holder(&c);
-    cr_assert_eq(ut_chan_get(&rc, 10000), 'Q');
+    cr_assert_eq(ut_chan_get(&rc, 30000), 'Q');
     kill(pb, SIGKILL);
     cr_assert_eq(ut_wait_code(pb, 5000), 1000 + SIGKILL);
     ut_chan_put(&go, 'x'); /* a releases: c must be next, not the dead b */
@@ -274,7 +274,7 @@ Test(broker, try_on_held_names_holder)
         prctl(PR_SET_NAME, "shim-holder");
         _exit(s_phase_holder(ep, &rep, &go));
     }
-    cr_assert_eq(ut_chan_get(&rep, 10000), 'G');
+    cr_assert_eq(ut_chan_get(&rep, 30000), 'G');
     pid_t pb = ut_fork();
     if (pb == 0) {
         void *s = ut_dealer(ep);
@@ -308,7 +308,7 @@ Test(broker, timeout_and_cancel_leave_no_orphan)
     ut_chan_open(&rc);
     holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "a", .report = &ra, .go = &go};
     pid_t pa = s_spawn_holder(&a);
-    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
 
     /* b times out; d cancels; both stay alive afterwards, so only the
      * broker's bookkeeping can keep them out of the queue. */
@@ -371,7 +371,7 @@ Test(broker, timeout_and_cancel_leave_no_orphan)
     }
     holder_args c = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "c", .report = &rc};
     pid_t pc = s_spawn_holder(&c);
-    cr_assert_eq(ut_chan_get(&rc, 10000), 'Q');
+    cr_assert_eq(ut_chan_get(&rc, 30000), 'Q');
     ut_chan_put(&go, 'x');
     cr_assert_eq(ut_wait_code(pa, 5000), 0);
     cr_assert_eq(ut_chan_get(&rc, 5000), 'G', "c must be granted, not the timed-out or cancelled");
@@ -433,7 +433,7 @@ Test(broker, release_errors)
             _exit(10);
         if (write(fds[1], &r.lease, sizeof r.lease) != sizeof r.lease)
             _exit(11);
-        if (ut_chan_get(&go, 10000) < 0)
+        if (ut_chan_get(&go, 30000) < 0)
             _exit(12);
         if (ut_release(s, r.lease))
             _exit(13);
@@ -563,7 +563,7 @@ Test(broker, logs_are_logfmt_and_escaped)
                          .report = &ra, .go = &go};
         _exit(s_holder(&a));
     }
-    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
     /* A refusal naming that holder still encodes. */
     pid_t t = ut_fork();
     if (t == 0) {
@@ -660,7 +660,7 @@ Test(broker, acquire_resend_is_idempotent)
     ut_chan_open(&go);
     holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "a", .report = &ra, .go = &go};
     pid_t pa = s_spawn_holder(&a);
-    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
     pid_t p = ut_fork();
     if (p == 0) {
         /* The same acquire (same rid) on a first connection, then again on
@@ -711,7 +711,7 @@ Test(broker, overdue_is_flagged_never_revoked)
     holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "slow", .report = &ra,
                      .go = &go};
     pid_t pa = s_spawn_holder(&a);
-    cr_assert_eq(ut_chan_get(&ra, 10000), 'G');
+    cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
     cr_assert(ut_wait_until(s_cap_has, "msg=\"lease overdue\"", 5000), "no overdue line:\n%s",
               s_cap.buf);
     /* Still held, and shown as overdue to whoever is refused. */

@@ -56,8 +56,7 @@ int main(int argc, char **argv)
      * create stops waiting at once. */
     uvmlease_holder who;
     uvmlease_lease *lease;
-    rc = uvmlease_acquire(c, uvm, UVMLEASE_CONFIDENTIAL, container, timeout, NULL, &who,
-                          &lease);
+    rc = uvmlease_acquire(c, uvm, UVMLEASE_CONFIDENTIAL, container, timeout, NULL, &who, &lease);
     if (rc != UVMLEASE_OK) {
         if (who.pid > 0)
             fprintf(stderr, "acquire: %s: held by pid %d (%s) for %s, phase %s\n",

@@ -3,11 +3,19 @@
 # against the installed libuvmlease: through pkg-config (shared library,
 # static archive, and as C++) and through find_package(uvmlease). When the
 # build has a uvmleased, the programs take a real lease from it.
-#   test_install.sh BUILD_DIR SOURCE_DIR C_COMPILER
+#   test_install.sh BUILD_DIR SOURCE_DIR C_COMPILER [EXTRA_FLAGS]
+# EXTRA_FLAGS go to every compile and link (a sanitized build's library
+# needs its consumers built with the same runtime).
 set -eu
 build=$1
 src=$2
 cc=$3
+flags=${4:-}
+case $(basename "$cc") in
+  clang*) cxx=clang++ ;;
+  gcc*) cxx=g++ ;;
+  *) cxx=c++ ;;
+esac
 consumer=$src/tests/install/consumer
 tmp=$(mktemp -d /tmp/ul-install-XXXXXX)
 broker_pid=
@@ -67,7 +75,7 @@ fi
 
 step "pkg-config: $(pkg-config --cflags --libs uvmlease)"
 # shellcheck disable=SC2046
-"$cc" -Wall -Wextra -Werror -o "$tmp/c_pc" "$consumer/consumer.c" \
+"$cc" $flags -Wall -Wextra -Werror -o "$tmp/c_pc" "$consumer/consumer.c" \
   $(pkg-config --cflags --libs uvmlease) || fail "build with pkg-config"
 uses_installed "$tmp/c_pc" "$libdir"
 LD_LIBRARY_PATH=$libdir "$tmp/c_pc" $endpoint || fail "run the pkg-config build"
@@ -76,7 +84,7 @@ step "pkg-config, static archive"
 # libzmq's own static dependencies are not all installable on every
 # distribution, so the archive is linked with the shared libzmq/msgpack.
 # shellcheck disable=SC2046
-"$cc" -Wall -Werror -o "$tmp/c_static" "$consumer/consumer.c" \
+"$cc" $flags -Wall -Werror -o "$tmp/c_static" "$consumer/consumer.c" \
   $(pkg-config --cflags uvmlease) "$libdir/libuvmlease.a" \
   $(pkg-config --libs libzmq msgpack) -pthread || fail "build with libuvmlease.a"
 if readelf -d "$tmp/c_static" | grep -q 'libuvmlease'; then
@@ -84,17 +92,23 @@ if readelf -d "$tmp/c_static" | grep -q 'libuvmlease'; then
 fi
 "$tmp/c_static" $endpoint || fail "run the static build"
 
-if command -v c++ >/dev/null 2>&1; then
-  step "pkg-config, as C++"
+if command -v "$cxx" >/dev/null 2>&1; then
+  step "pkg-config, as C++ ($cxx)"
   # shellcheck disable=SC2046
-  c++ -x c++ -Wall -Werror -o "$tmp/cxx_pc" "$consumer/consumer.c" \
+  "$cxx" $flags -x c++ -Wall -Werror -o "$tmp/cxx_pc" "$consumer/consumer.c" \
     $(pkg-config --cflags --libs uvmlease) || fail "build as C++"
   LD_LIBRARY_PATH=$libdir "$tmp/cxx_pc" $endpoint || fail "run the C++ build"
 fi
 
+if [ -n "$endpoint" ]; then
+  step "the shim example, against the broker"
+  UVMLEASE_ENDPOINT=$endpoint "$build/client/uvmlease_shim_example" 0123abcd@vm ctr-1 \
+    >"$tmp/example.log" 2>&1 || { cat "$tmp/example.log"; fail "the shim example"; }
+fi
+
 step "find_package(uvmlease)"
 cmake -S "$consumer" -B "$tmp/fp" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_COMPILER="$cc" \
-  >"$tmp/fp.log" 2>&1 || { cat "$tmp/fp.log"; fail "configure with find_package"; }
+  -DCMAKE_C_FLAGS="$flags" >"$tmp/fp.log" 2>&1 || { cat "$tmp/fp.log"; fail "configure with find_package"; }
 cmake --build "$tmp/fp" >>"$tmp/fp.log" 2>&1 || { cat "$tmp/fp.log"; fail "build with find_package"; }
 uses_installed "$tmp/fp/consumer"
 "$tmp/fp/consumer" $endpoint || fail "run the find_package build"

@@ -43,6 +43,9 @@ long ut_status_kb(pid_t pid, const char *field);
  * UL_TEST_VERBOSE is set. Aborts the test on failure.
  */
 struct uvmlease_broker *ut_broker_start(const struct uvmlease_broker_config *cfg, char *dir);
+/* Wait for one ping round trip to endpoint (see testutil.c for why tests
+ * call it before forking clients of a freshly started broker). */
+void ut_settle(const char *endpoint);
 /* Stop the broker and remove its directory. */
 void ut_broker_stop(struct uvmlease_broker **b, const char *dir);
 

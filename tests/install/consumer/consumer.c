@@ -34,8 +34,7 @@ int main(int argc, char **argv)
         return 1;
     }
     uvmlease_lease *l = NULL;
-    rc = uvmlease_acquire(c, "c0ffee@vm", UVMLEASE_CONFIDENTIAL, "consumer", 5000, NULL, NULL,
-                          &l);
+    rc = uvmlease_acquire(c, "c0ffee@vm", UVMLEASE_CONFIDENTIAL, "consumer", 5000, NULL, NULL, &l);
     if (rc == UVMLEASE_OK)
         rc = uvmlease_phase(l, "guest-create");
     if (l) {

@@ -476,14 +476,8 @@ void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev)
         e.duration_ms = ev->now - w->enqueued_at;
         break;
     }
-    case LT_EV_DRAIN:
-    case LT_EV_UNDRAIN:
-        memset(&e, 0, sizeof e);
-        e.type = ev->type == LT_EV_DRAIN ? UL_EV_DRAIN : UL_EV_UNDRAIN;
-        if (ev->uvm)
-            snprintf(e.uvm, sizeof e.uvm, "%s", ev->uvm->id);
-        break;
     default:
+        /* drain / undrain are emitted by s_control, which knows who asked. */
         return;
     }
     s_emit(b, &e);
@@ -550,10 +544,18 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     char detail[UL_MAX_DETAIL + 1] = "";
     switch (req->op) {
     case UL_OP_DRAIN:
-        rc = lt_drain(b->table, req->uvm, now);
-        break;
     case UL_OP_UNDRAIN:
-        rc = lt_undrain(b->table, req->uvm, now);
+        rc = req->op == UL_OP_DRAIN ? lt_drain(b->table, req->uvm, now)
+                                    : lt_undrain(b->table, req->uvm, now);
+        if (rc == 0) {
+            ul_event e;
+            memset(&e, 0, sizeof e);
+            e.type = req->op == UL_OP_DRAIN ? UL_EV_DRAIN : UL_EV_UNDRAIN;
+            snprintf(e.uvm, sizeof e.uvm, "%s", req->uvm);
+            e.pid = peer->pid;
+            snprintf(e.reason, sizeof e.reason, "%s", req->reason);
+            s_emit(b, &e);
+        }
         break;
     default: {
         lt_uvm *u = lt_uvm_find(b->table, req->uvm);

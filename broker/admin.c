@@ -14,15 +14,14 @@
 #include "broker_internal.h"
 #include "ul_sys.h"
 
-#define S_MAX_WATCHERS 64
-#define S_MAX_KILLS 256
+#define S_MAX_WATCHERS     64
+#define S_MAX_KILLS        256
 #define S_LIST_HOLDERS_MAX 64
 
 /* Histogram bucket upper bounds, microseconds. */
 static const uint64_t s_bounds_us[] = {
-    1000,     2000,     5000,     10000,     25000,     50000,     100000,    250000,
-    500000,   1000000,  2500000,  5000000,   10000000,  30000000,  60000000,  120000000,
-    300000000, 600000000,
+    1000,    2000,    5000,    10000,    25000,    50000,    100000,    250000,    500000,
+    1000000, 2500000, 5000000, 10000000, 30000000, 60000000, 120000000, 300000000, 600000000,
 };
 #define S_NBOUNDS (sizeof s_bounds_us / sizeof s_bounds_us[0])
 
@@ -155,8 +154,7 @@ static void s_fill_info(uvmlease_broker *b, const lt_uvm *u, uint64_t now, ul_uv
     }
     if (u->last.valid) {
         info->has_last_release = true;
-        snprintf(info->last_reason, sizeof info->last_reason, "%s",
-                 lt_reason_name(u->last.reason));
+        snprintf(info->last_reason, sizeof info->last_reason, "%s", lt_reason_name(u->last.reason));
         info->last_pid = u->last.pid;
         info->last_at_ms = ul_broker_wall_of(b, u->last.at);
     }
@@ -205,8 +203,8 @@ static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *re
         rep.op = req->op;
         rep.n_uvms = page;
         rep.uvms = calloc(page ? page : 1, sizeof *rep.uvms);
-        ul_holder *holders = calloc((size_t)(page ? page : 1) * S_LIST_HOLDERS_MAX,
-                                    sizeof *holders);
+        ul_holder *holders =
+            calloc((size_t)(page ? page : 1) * S_LIST_HOLDERS_MAX, sizeof *holders);
         if (!rep.uvms || !holders) {
             free(rep.uvms);
             free(holders);
@@ -465,7 +463,7 @@ void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev)
     case LT_EV_QUEUED: {
         const lt_waiter *w = ev->waiter;
         memset(&e, 0, sizeof e);
-        e.type = ev->type == LT_EV_QUEUED          ? UL_EV_QUEUED
+        e.type = ev->type == LT_EV_QUEUED        ? UL_EV_QUEUED
                  : ev->err == UVMLEASE_ETIMEDOUT ? UL_EV_TIMEOUT
                                                  : UL_EV_CANCEL;
         snprintf(e.uvm, sizeof e.uvm, "%s", w->uvm->id);
@@ -579,8 +577,7 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
             snprintf(e.uvm, sizeof e.uvm, "%s", req->uvm);
             e.pid = req->pid;
             snprintf(e.reason, sizeof e.reason, "%s", req->reason);
-            snprintf(e.phase, sizeof e.phase, "%s",
-                     req->mode == UL_FORCE_KILL ? "kill" : "revoke");
+            snprintf(e.phase, sizeof e.phase, "%s", req->mode == UL_FORCE_KILL ? "kill" : "revoke");
             s_emit(b, &e);
         }
         break;

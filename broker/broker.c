@@ -24,11 +24,11 @@
 #include "ul_sys.h"
 #include "ul_text.h"
 
-#define S_MAX_BATCH 512    /* messages handled per loop iteration */
-#define S_MAX_PROCS 8192   /* client processes tracked at once */
-#define S_IDLE_KEEP 256    /* idle processes kept tracked (saves pidfd_open + /proc reads) */
-#define S_REJECT_BURST 20  /* rejected-input log lines: burst ... */
-#define S_REJECT_PER_SEC 5 /* ... and sustained rate */
+#define S_MAX_BATCH      512  /* messages handled per loop iteration */
+#define S_MAX_PROCS      8192 /* client processes tracked at once */
+#define S_IDLE_KEEP      256  /* idle processes kept tracked (saves pidfd_open + /proc reads) */
+#define S_REJECT_BURST   20   /* rejected-input log lines: burst ... */
+#define S_REJECT_PER_SEC 5    /* ... and sustained rate */
 
 void uvmlease_broker_config_init(uvmlease_broker_config *cfg)
 {
@@ -41,9 +41,15 @@ void uvmlease_broker_config_init(uvmlease_broker_config *cfg)
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static char *s_strdup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+static char *s_strdup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
-static void s_u64(char *out, size_t n, uint64_t v) { snprintf(out, n, "%llu", (unsigned long long)v); }
+static void s_u64(char *out, size_t n, uint64_t v)
+{
+    snprintf(out, n, "%llu", (unsigned long long)v);
+}
 
 uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms)
 {
@@ -275,8 +281,8 @@ void ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
     zmq_send(b->router, b->out.data, b->out.len, ZMQ_DONTWAIT);
 }
 
-void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now,
-                           ul_holder *h, bool with_phases)
+void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
+                           bool with_phases)
 {
     memset(h, 0, sizeof *h);
     const lt_owner *o = l->owner ? l->owner : l->child;
@@ -325,8 +331,8 @@ static void s_on_event(void *ctx, const lt_event *ev)
         s_u64(lease, sizeof lease, l->id);
         s_u64(dur, sizeof dur, l->waited_ms);
         ul_log(&b->log, UL_LOG_INFO, "grant", "uvm", l->uvm->id, "pid", pidbuf, "comm",
-               o ? o->id.comm : "", "label", l->label, "lease", lease, "fence", fence,
-               "waited_ms", dur, NULL);
+               o ? o->id.comm : "", "label", l->label, "lease", lease, "fence", fence, "waited_ms",
+               dur, NULL);
         if (ev->waiter) {
             ul_reply rep;
             memset(&rep, 0, sizeof rep);
@@ -370,8 +376,8 @@ static void s_on_event(void *ctx, const lt_event *ev)
         snprintf(pidbuf, sizeof pidbuf, "%u", o ? o->id.pid : 0);
         s_u64(lease, sizeof lease, l->id);
         s_u64(dur, sizeof dur, ev->now - l->granted_at);
-        ul_log(&b->log, ev->reason == LT_R_RELEASED ? UL_LOG_INFO : UL_LOG_WARN, "release",
-               "uvm", l->uvm->id, "pid", pidbuf, "label", l->label, "lease", lease, "reason",
+        ul_log(&b->log, ev->reason == LT_R_RELEASED ? UL_LOG_INFO : UL_LOG_WARN, "release", "uvm",
+               l->uvm->id, "pid", pidbuf, "label", l->label, "lease", lease, "reason",
                lt_reason_name(ev->reason), "held_ms", dur, NULL);
         if (ev->reason == LT_R_REVOKED || ev->reason == LT_R_KILLED) {
             ul_reply rep;
@@ -399,15 +405,15 @@ static void s_on_event(void *ctx, const lt_event *ev)
     case LT_EV_PHASE: {
         const lt_lease *l = ev->lease;
         snprintf(pidbuf, sizeof pidbuf, "%u", l->owner ? l->owner->id.pid : 0);
-        ul_log(&b->log, UL_LOG_INFO, "phase", "uvm", l->uvm->id, "pid", pidbuf, "label",
-               l->label, "phase", l->phase, NULL);
+        ul_log(&b->log, UL_LOG_INFO, "phase", "uvm", l->uvm->id, "pid", pidbuf, "label", l->label,
+               "phase", l->phase, NULL);
         break;
     }
     case LT_EV_QUEUED: {
         const lt_waiter *w = ev->waiter;
         snprintf(pidbuf, sizeof pidbuf, "%u", w->owner ? w->owner->id.pid : 0);
-        ul_log(&b->log, UL_LOG_DEBUG, "queued", "uvm", w->uvm->id, "pid", pidbuf, "label",
-               w->label, NULL);
+        ul_log(&b->log, UL_LOG_DEBUG, "queued", "uvm", w->uvm->id, "pid", pidbuf, "label", w->label,
+               NULL);
         break;
     }
     case LT_EV_DRAIN:
@@ -429,8 +435,8 @@ void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char
     uint64_t elapsed = now - b->reject_refill_at;
     if (elapsed >= 1000 / S_REJECT_PER_SEC) {
         uint64_t add = elapsed * S_REJECT_PER_SEC / 1000;
-        b->reject_tokens = b->reject_tokens + add > S_REJECT_BURST ? S_REJECT_BURST
-                                                                   : b->reject_tokens + add;
+        b->reject_tokens =
+            b->reject_tokens + add > S_REJECT_BURST ? S_REJECT_BURST : b->reject_tokens + add;
         b->reject_refill_at = now;
     }
     b->rejected_total++;
@@ -539,8 +545,7 @@ static int s_recv_one(uvmlease_broker *b)
                                    : "no peer credentials");
         ul_broker_log_reject(b, pid, UVMLEASE_EPEER, "credentials");
     } else if (extra) {
-        ul_broker_reply_error(b, &peer, NULL, UVMLEASE_EMULTIPART,
-                              "send one frame per message");
+        ul_broker_reply_error(b, &peer, NULL, UVMLEASE_EMULTIPART, "send one frame per message");
         ul_broker_log_reject(b, pid, UVMLEASE_EMULTIPART, "frames");
     } else {
         ul_broker_handle(b, &peer, zmq_msg_data(&body), zmq_msg_size(&body));
@@ -691,8 +696,8 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
         b->have_admin_gid = true;
     }
 
-    int rc = ul_runtime_open(&b->rt, cfg->runtime_dir, cfg->endpoint, cfg->socket_group,
-                             other_pid, err, errsz);
+    int rc = ul_runtime_open(&b->rt, cfg->runtime_dir, cfg->endpoint, cfg->socket_group, other_pid,
+                             err, errsz);
     if (rc) {
         s_free(b);
         return rc;
@@ -785,6 +790,12 @@ void uvmlease_broker_stop(uvmlease_broker **bp)
     *bp = NULL;
 }
 
-const char *uvmlease_broker_endpoint(const uvmlease_broker *b) { return b->rt.endpoint; }
+const char *uvmlease_broker_endpoint(const uvmlease_broker *b)
+{
+    return b->rt.endpoint;
+}
 
-uint64_t uvmlease_broker_instance(const uvmlease_broker *b) { return b->instance; }
+uint64_t uvmlease_broker_instance(const uvmlease_broker *b)
+{
+    return b->instance;
+}

@@ -88,15 +88,15 @@ struct uvmlease_broker {
 bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *err);
 void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p);
 void ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep);
-void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now,
-                           ul_holder *h, bool with_phases);
+void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
+                           bool with_phases);
 void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what);
 uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms);
 
 /* ops.c */
 void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len);
-void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
-                           int code, const char *detail);
+void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req, int code,
+                           const char *detail);
 
 /* admin.c: list/show/stats/watch/drain/force-release; hooks the loop calls */
 void ul_broker_admin(uvmlease_broker *b, const ul_peer *peer, const ul_request *req);

@@ -17,25 +17,24 @@
 
 static void s_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: uvmleased [options]\n"
-            "\n"
-            "Arbitrates exclusive bring-up leases for confidential utility VMs.\n"
-            "Runs in the foreground; SIGTERM or SIGINT stops it (stopping releases nothing).\n"
-            "\n"
-            "  --runtime-dir DIR     socket, lock and state directory\n"
-            "                        (default /run/uvmlease as root, else\n"
-            "                        $XDG_RUNTIME_DIR/uvmlease)\n"
-            "  --endpoint ipc://PATH socket elsewhere (lock file beside it)\n"
-            "  --socket-group GROUP  group that may connect (directory and socket)\n"
-            "  --admin-group GROUP   group allowed to drain and force releases\n"
-            "  --serialize MODE      confidential (default) | all | none\n"
-            "  --max-active N        host-wide cap on exclusive bring-ups (0 = none)\n"
-            "  --quarantine-ms MS    lock a UVM this long after an abnormal release (0)\n"
-            "  --hold-warn-ms MS     flag leases held longer as overdue (300000)\n"
-            "  --kill-grace-ms MS    force-release kill: SIGTERM to SIGKILL (5000)\n"
-            "  --log-level LEVEL     debug | info (default) | warn | error\n"
-            "  --help, --version\n");
+    fprintf(f, "usage: uvmleased [options]\n"
+               "\n"
+               "Arbitrates exclusive bring-up leases for confidential utility VMs.\n"
+               "Runs in the foreground; SIGTERM or SIGINT stops it (stopping releases nothing).\n"
+               "\n"
+               "  --runtime-dir DIR     socket, lock and state directory\n"
+               "                        (default /run/uvmlease as root, else\n"
+               "                        $XDG_RUNTIME_DIR/uvmlease)\n"
+               "  --endpoint ipc://PATH socket elsewhere (lock file beside it)\n"
+               "  --socket-group GROUP  group that may connect (directory and socket)\n"
+               "  --admin-group GROUP   group allowed to drain and force releases\n"
+               "  --serialize MODE      confidential (default) | all | none\n"
+               "  --max-active N        host-wide cap on exclusive bring-ups (0 = none)\n"
+               "  --quarantine-ms MS    lock a UVM this long after an abnormal release (0)\n"
+               "  --hold-warn-ms MS     flag leases held longer as overdue (300000)\n"
+               "  --kill-grace-ms MS    force-release kill: SIGTERM to SIGKILL (5000)\n"
+               "  --log-level LEVEL     debug | info (default) | warn | error\n"
+               "  --help, --version\n");
 }
 
 static int s_bad(const char *opt, const char *val, const char *why)
@@ -59,8 +58,20 @@ static int s_parse_u64(const char *s, uint64_t max, uint64_t *out)
 
 int main(int argc, char **argv)
 {
-    enum { O_RUNTIME = 1, O_ENDPOINT, O_SGROUP, O_AGROUP, O_SERIALIZE, O_MAXACT, O_QUAR, O_WARN,
-           O_GRACE, O_LOGLEVEL, O_HELP, O_VERSION };
+    enum {
+        O_RUNTIME = 1,
+        O_ENDPOINT,
+        O_SGROUP,
+        O_AGROUP,
+        O_SERIALIZE,
+        O_MAXACT,
+        O_QUAR,
+        O_WARN,
+        O_GRACE,
+        O_LOGLEVEL,
+        O_HELP,
+        O_VERSION
+    };
     static const struct option opts[] = {
         {"runtime-dir", required_argument, NULL, O_RUNTIME},
         {"endpoint", required_argument, NULL, O_ENDPOINT},

@@ -23,8 +23,8 @@ static void s_reply_init(ul_reply *rep, const ul_request *req)
     }
 }
 
-void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
-                           int code, const char *detail)
+void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req, int code,
+                           const char *detail)
 {
     ul_reply rep;
     s_reply_init(&rep, req);

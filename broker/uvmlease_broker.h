@@ -31,13 +31,13 @@ typedef struct uvmlease_broker_config {
     const char *socket_group;
     /* Group whose members may run admin operations; NULL: uid 0 only. */
     const char *admin_group;
-    lt_serialize serialize;      /* default LT_SERIALIZE_CONFIDENTIAL */
-    uint32_t max_active;         /* default 0: no host-wide cap */
-    uint64_t quarantine_ms;      /* default 0 */
-    uint64_t hold_warn_ms;       /* default 300000 */
-    uint64_t kill_grace_ms;      /* force-release kill: SIGTERM..SIGKILL, default 5000 */
-    ul_log_level log_level;      /* default UL_LOG_INFO */
-    ul_log_sink log_sink;        /* NULL: stderr */
+    lt_serialize serialize; /* default LT_SERIALIZE_CONFIDENTIAL */
+    uint32_t max_active;    /* default 0: no host-wide cap */
+    uint64_t quarantine_ms; /* default 0 */
+    uint64_t hold_warn_ms;  /* default 300000 */
+    uint64_t kill_grace_ms; /* force-release kill: SIGTERM..SIGKILL, default 5000 */
+    ul_log_level log_level; /* default UL_LOG_INFO */
+    ul_log_sink log_sink;   /* NULL: stderr */
     void *log_ctx;
 } uvmlease_broker_config;
 

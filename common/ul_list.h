@@ -11,12 +11,21 @@ typedef struct ul_list {
     struct ul_list *prev, *next;
 } ul_list;
 
-#define ul_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define ul_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
-static inline void ul_list_init(ul_list *h) { h->prev = h->next = h; }
-static inline bool ul_list_empty(const ul_list *h) { return h->next == h; }
+static inline void ul_list_init(ul_list *h)
+{
+    h->prev = h->next = h;
+}
+static inline bool ul_list_empty(const ul_list *h)
+{
+    return h->next == h;
+}
 /* A node that was initialised or removed with ul_list_remove() is unlinked. */
-static inline bool ul_list_linked(const ul_list *n) { return n->next != n; }
+static inline bool ul_list_linked(const ul_list *n)
+{
+    return n->next != n;
+}
 
 static inline void ul_list_insert_tail(ul_list *h, ul_list *n)
 {
@@ -35,7 +44,7 @@ static inline void ul_list_remove(ul_list *n)
 
 #define ul_list_first(h) ((h)->next == (h) ? NULL : (h)->next)
 
-#define ul_list_foreach_safe(pos, tmp, h) \
+#define ul_list_foreach_safe(pos, tmp, h)                                                          \
     for ((pos) = (h)->next, (tmp) = (pos)->next; (pos) != (h); (pos) = (tmp), (tmp) = (pos)->next)
 
 #endif

@@ -47,8 +47,9 @@ void ul_logv(const ul_logger *lg, ul_log_level level, const char *msg, va_list a
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     len += strftime(line, sizeof line, "ts=%Y-%m-%dT%H:%M:%S", &tm);
-    len += (size_t)snprintf(line + len, sizeof line - len, ".%03ldZ level=%s msg=",
-                            ts.tv_nsec / 1000000, ul_log_level_name(level));
+    len +=
+        (size_t)snprintf(line + len, sizeof line - len,
+                         ".%03ldZ level=%s msg=", ts.tv_nsec / 1000000, ul_log_level_name(level));
     len += s_put_value(line + len, sizeof line - len, msg);
     for (;;) {
         const char *k = va_arg(ap, const char *);

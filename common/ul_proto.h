@@ -23,33 +23,33 @@
 #define UL_PROTO_VERSION 1
 
 /* Size limits, in bytes of one body frame. */
-#define UL_MAX_REQUEST 4096   /* client -> broker */
-#define UL_MAX_REPLY (1 << 20) /* broker -> client */
+#define UL_MAX_REQUEST 4096      /* client -> broker */
+#define UL_MAX_REPLY   (1 << 20) /* broker -> client */
 
 /* Nesting limits (a top-level map is depth 1). */
 #define UL_MAX_DEPTH_REQUEST 2
-#define UL_MAX_DEPTH_REPLY 6
+#define UL_MAX_DEPTH_REPLY   6
 
 /* Per-container element limits. */
 #define UL_MAX_MAP_REQUEST 32   /* entries in a request map */
-#define UL_MAX_CONTAINER 4096   /* entries in any reply array or map */
+#define UL_MAX_CONTAINER   4096 /* entries in any reply array or map */
 
 /* Field limits (bytes, excluding the terminating NUL of the C struct). */
-#define UL_MAX_UVM 256
-#define UL_MAX_LABEL 256
-#define UL_MAX_PHASE 64
+#define UL_MAX_UVM    256
+#define UL_MAX_LABEL  256
+#define UL_MAX_PHASE  64
 #define UL_MAX_REASON 256
-#define UL_MAX_COMM 16 /* Linux TASK_COMM_LEN - 1 is 15; 16 leaves room */
+#define UL_MAX_COMM   16 /* Linux TASK_COMM_LEN - 1 is 15; 16 leaves room */
 #define UL_MAX_CLIENT 64
 #define UL_MAX_DETAIL 256
-#define UL_MAX_NAME 64 /* counter / histogram names and label values */
+#define UL_MAX_NAME   64 /* counter / histogram names and label values */
 
-#define UL_LIST_PAGE_MAX 256   /* UVMs per list reply */
-#define UL_SHOW_WAITERS_MAX 1024
-#define UL_PHASES_MAX 16       /* phase history kept per lease */
-#define UL_HIST_BUCKETS 24
+#define UL_LIST_PAGE_MAX      256 /* UVMs per list reply */
+#define UL_SHOW_WAITERS_MAX   1024
+#define UL_PHASES_MAX         16 /* phase history kept per lease */
+#define UL_HIST_BUCKETS       24
 #define UL_STATS_COUNTERS_MAX 1024 /* counters per stats reply */
-#define UL_STATS_HISTS_MAX 256     /* histograms per stats reply */
+#define UL_STATS_HISTS_MAX    256  /* histograms per stats reply */
 
 #define UL_TIMEOUT_FOREVER (-1)
 
@@ -89,12 +89,12 @@ bool ul_op_is_admin(ul_op op);
  * Which fields an op uses is listed in PROTOCOL.md; unused ones are zero.
  */
 typedef struct ul_request {
-    uint32_t version;         /* "v" */
-    ul_op op;                 /* "op" */
-    uint64_t rid;             /* "rid", nonzero, unique per client process */
-    char uvm[UL_MAX_UVM + 1]; /* acquire, show, drain, undrain, force-release */
-    bool confidential;        /* acquire "conf" */
-    int64_t timeout_ms;       /* acquire "timeout_ms": -1 forever, 0 try, >0 ms */
+    uint32_t version;               /* "v" */
+    ul_op op;                       /* "op" */
+    uint64_t rid;                   /* "rid", nonzero, unique per client process */
+    char uvm[UL_MAX_UVM + 1];       /* acquire, show, drain, undrain, force-release */
+    bool confidential;              /* acquire "conf" */
+    int64_t timeout_ms;             /* acquire "timeout_ms": -1 forever, 0 try, >0 ms */
     char label[UL_MAX_LABEL + 1];   /* acquire "label" (may be empty) */
     uint64_t target_rid;            /* cancel "target" */
     uint64_t lease;                 /* release, phase, watch-child "lease" */
@@ -155,9 +155,9 @@ typedef struct ul_uvm_info {
 } ul_uvm_info;
 
 typedef struct ul_counter {
-    char name[UL_MAX_NAME + 1];   /* e.g. "releases_total" */
-    char lkey[UL_MAX_NAME + 1];   /* optional label key, e.g. "reason" */
-    char lval[UL_MAX_NAME + 1];   /* optional label value, e.g. "holder-exit" */
+    char name[UL_MAX_NAME + 1]; /* e.g. "releases_total" */
+    char lkey[UL_MAX_NAME + 1]; /* optional label key, e.g. "reason" */
+    char lval[UL_MAX_NAME + 1]; /* optional label value, e.g. "holder-exit" */
     uint64_t value;
 } ul_counter;
 

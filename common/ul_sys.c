@@ -28,11 +28,26 @@ static uint64_t s_clock_ns(clockid_t id)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t ul_now_ns(void) { return s_clock_ns(CLOCK_MONOTONIC); }
-uint64_t ul_now_us(void) { return s_clock_ns(CLOCK_MONOTONIC) / 1000u; }
-uint64_t ul_now_ms(void) { return s_clock_ns(CLOCK_MONOTONIC) / 1000000u; }
-uint64_t ul_wall_ms(void) { return s_clock_ns(CLOCK_REALTIME) / 1000000u; }
-uint64_t ul_wall_us(void) { return s_clock_ns(CLOCK_REALTIME) / 1000u; }
+uint64_t ul_now_ns(void)
+{
+    return s_clock_ns(CLOCK_MONOTONIC);
+}
+uint64_t ul_now_us(void)
+{
+    return s_clock_ns(CLOCK_MONOTONIC) / 1000u;
+}
+uint64_t ul_now_ms(void)
+{
+    return s_clock_ns(CLOCK_MONOTONIC) / 1000000u;
+}
+uint64_t ul_wall_ms(void)
+{
+    return s_clock_ns(CLOCK_REALTIME) / 1000000u;
+}
+uint64_t ul_wall_us(void)
+{
+    return s_clock_ns(CLOCK_REALTIME) / 1000u;
+}
 
 /* Read a small /proc file into buf (NUL-terminated). Returns bytes or -1. */
 static ssize_t s_read_small(const char *path, char *buf, size_t bufsz)
@@ -176,7 +191,10 @@ bool ul_proc_in_group(pid_t pid, gid_t gid)
     }
 }
 
-int ul_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+int ul_pidfd_open(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
 
 int ul_pidfd_send_signal(int pidfd, int sig)
 {

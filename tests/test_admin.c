@@ -33,9 +33,15 @@ static const char *s_start(uvmlease_broker_config *cfg)
     return uvmlease_broker_endpoint(s_b);
 }
 
-static void s_stop(void) { ut_broker_stop(&s_b, s_dir); }
+static void s_stop(void)
+{
+    ut_broker_stop(&s_b, s_dir);
+}
 
-static void s_put_q(void *ctx) { ut_chan_put(ctx, 'Q'); }
+static void s_put_q(void *ctx)
+{
+    ut_chan_put(ctx, 'Q');
+}
 
 /* A child that acquires (reporting Q/G on rep), optionally reports a phase,
  * then waits for a byte on go (or forever) and releases; it writes its
@@ -278,8 +284,8 @@ Test(admin, watch_sees_grant_phase_release)
     bool grant = false, phase = false, release = false;
     while (!(grant && phase && release)) {
         memset(&r, 0, sizeof r);
-        cr_assert_eq(ut_recv(w, &r, 5000), 0, "missing events: grant %d phase %d release %d",
-                     grant, phase, release);
+        cr_assert_eq(ut_recv(w, &r, 5000), 0, "missing events: grant %d phase %d release %d", grant,
+                     phase, release);
         cr_assert_eq(r.kind, UL_MSG_EVENT);
         cr_assert_eq(r.event.pid, (uint32_t)p);
         if (r.event.type == UL_EV_GRANT)
@@ -423,7 +429,7 @@ Test(admin, drain_fails_waiters_and_new_acquires)
         void *cs = ut_dealer(ep);
         memset(&r, 0, sizeof r);
         _exit(ut_acquire(cs, UVM, true, "n", 0, &r, NULL, NULL, 5000) == UVMLEASE_EDRAINING ? 0
-                                                                                           : 10);
+                                                                                            : 10);
     }
     cr_assert_eq(ut_wait_code(n, 10000), 0);
     ut_req(&q, UL_OP_LIST);

@@ -38,7 +38,10 @@ static const char *s_start(const uvmlease_broker_config *cfg)
     return uvmlease_broker_endpoint(s_b);
 }
 
-static void s_stop(void) { ut_broker_stop(&s_b, s_dir); }
+static void s_stop(void)
+{
+    ut_broker_stop(&s_b, s_dir);
+}
 
 /* Child: acquire, report 'G' (granted) or 'Q' (queued) through ch, run
  * body, release. Exit 0 on success. */
@@ -47,9 +50,9 @@ typedef struct holder_args {
     const char *uvm;
     bool conf;
     const char *label;
-    ut_chan *report; /* 'Q' when queued, 'G' when granted */
-    ut_chan *go;     /* waits for one byte before releasing, if set */
-    const char *marker; /* O_EXCL marker created while holding, if set */
+    ut_chan *report;     /* 'Q' when queued, 'G' when granted */
+    ut_chan *go;         /* waits for one byte before releasing, if set */
+    const char *marker;  /* O_EXCL marker created while holding, if set */
     const char *logfile; /* appends "<label>\n" when granted, if set */
 } holder_args;
 
@@ -118,8 +121,14 @@ Test(broker, confidential_is_exclusive_and_fifo)
     for (int i = 0; i < N; i++) {
         ut_chan_open(&rep[i]);
         ut_chan_open(&go[i]);
-        holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = labels[i],
-                         .report = &rep[i], .go = &go[i], .marker = marker, .logfile = logf};
+        holder_args a = {.ep = ep,
+                         .uvm = UVM_C,
+                         .conf = true,
+                         .label = labels[i],
+                         .report = &rep[i],
+                         .go = &go[i],
+                         .marker = marker,
+                         .logfile = logf};
         pids[i] = s_spawn_holder(&a);
         /* The first is granted; each later one is queued before the next
          * starts, which fixes the arrival order. */
@@ -196,8 +205,8 @@ Test(broker, kill9_holder_hands_on)
     ut_chan_open(&rb);
     ut_chan never;
     ut_chan_open(&never);
-    holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "a", .report = &ra,
-                     .go = &never};
+    holder_args a = {
+        .ep = ep, .uvm = UVM_C, .conf = true, .label = "a", .report = &ra, .go = &never};
     pid_t pa = s_spawn_holder(&a);
     cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
     holder_args bb = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "b", .report = &rb};
@@ -559,8 +568,8 @@ Test(broker, logs_are_logfmt_and_escaped)
     pid_t p = ut_fork();
     if (p == 0) {
         prctl(PR_SET_NAME, "evil\nname=x");
-        holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "lbl \"q\"",
-                         .report = &ra, .go = &go};
+        holder_args a = {
+            .ep = ep, .uvm = UVM_C, .conf = true, .label = "lbl \"q\"", .report = &ra, .go = &go};
         _exit(s_holder(&a));
     }
     cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
@@ -646,8 +655,7 @@ Test(broker, non_ipc_endpoint_refused)
     cfg.endpoint = "tcp://127.0.0.1:5555";
     uvmlease_broker *b = NULL;
     char err[256];
-    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err),
-                 UVMLEASE_EBADENDPOINT);
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), UVMLEASE_EBADENDPOINT);
     cr_assert_null(b);
     ut_rmrf(dir);
 }
@@ -708,8 +716,8 @@ Test(broker, overdue_is_flagged_never_revoked)
     ut_chan ra, go;
     ut_chan_open(&ra);
     ut_chan_open(&go);
-    holder_args a = {.ep = ep, .uvm = UVM_C, .conf = true, .label = "slow", .report = &ra,
-                     .go = &go};
+    holder_args a = {
+        .ep = ep, .uvm = UVM_C, .conf = true, .label = "slow", .report = &ra, .go = &go};
     pid_t pa = s_spawn_holder(&a);
     cr_assert_eq(ut_chan_get(&ra, 30000), 'G');
     cr_assert(ut_wait_until(s_cap_has, "msg=\"lease overdue\"", 5000), "no overdue line:\n%s",

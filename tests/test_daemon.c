@@ -177,7 +177,10 @@ Test(daemon, stale_socket_is_cleaned_up)
     s_daemon_stop(&d);
 }
 
-static void s_put_q(void *ctx) { ut_chan_put(ctx, 'Q'); }
+static void s_put_q(void *ctx)
+{
+    ut_chan_put(ctx, 'Q');
+}
 
 Test(daemon, sigterm_stops_without_handing_on)
 {
@@ -227,8 +230,7 @@ static int s_connect_as_nobody(const char *path, const gid_t *groups, int ngroup
     struct passwd *pw = getpwnam("nobody");
     if (!pw)
         return 3;
-    if (setgroups((size_t)ngroups, groups) < 0 || setgid(pw->pw_gid) < 0 ||
-        setuid(pw->pw_uid) < 0)
+    if (setgroups((size_t)ngroups, groups) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
         return 4;
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -322,10 +324,8 @@ Test(daemon, hostile_peers)
         const char *bytes;
         size_t len;
     } bombs[] = {
-        {"array32 16M", "\xdd\x00\xff\xff\xff", 5},
-        {"array32 268M", "\xdd\x0f\xff\xff\xff", 5},
-        {"array32 4G", "\xdd\xff\xff\xff\xff", 5},
-        {"map32 16M", "\xdf\x00\xff\xff\xff", 5},
+        {"array32 16M", "\xdd\x00\xff\xff\xff", 5}, {"array32 268M", "\xdd\x0f\xff\xff\xff", 5},
+        {"array32 4G", "\xdd\xff\xff\xff\xff", 5},  {"map32 16M", "\xdf\x00\xff\xff\xff", 5},
         {"str32 4GiB", "\xdb\xff\xff\xff\xff", 5},
     };
     for (size_t i = 0; i < sizeof bombs / sizeof bombs[0]; i++) {
@@ -427,8 +427,8 @@ Test(daemon, peer_from_another_pid_namespace_refused)
     if (d == 0) {
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
         dup2(fd, 2);
-        execl("/usr/bin/unshare", "unshare", "--pid", "--fork", "--kill-child", bin, "--runtime-dir", dir,
-              (char *)NULL);
+        execl("/usr/bin/unshare", "unshare", "--pid", "--fork", "--kill-child", bin,
+              "--runtime-dir", dir, (char *)NULL);
         _exit(127);
     }
     /* Ping until a reply arrives: it must be the refusal. */

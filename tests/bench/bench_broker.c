@@ -189,8 +189,11 @@ static double s_inproc_us(int n, int *failures)
             (*failures)++;
             break;
         }
-        lt_acquire_args a = {.uvm = in.uvm, .confidential = in.confidential, .label = in.label,
-                             .rid = (uint64_t)i + 1, .timeout_ms = 0};
+        lt_acquire_args a = {.uvm = in.uvm,
+                             .confidential = in.confidential,
+                             .label = in.label,
+                             .rid = (uint64_t)i + 1,
+                             .timeout_ms = 0};
         lt_acquire_result res;
         memset(&res, 0, sizeof res);
         uint64_t now = ul_now_ms();
@@ -247,8 +250,7 @@ int main(int argc, char **argv)
     double per_rt = broker / 2.0;
     printf("bench: %d leases (acquire + release), %d echo round trips\n", n, n);
     printf("bench: zmq ipc echo round trip        %8.2f us\n", echo);
-    printf("bench: broker round trip (per op)     %8.2f us  (%.2fx echo)\n", per_rt,
-           per_rt / echo);
+    printf("bench: broker round trip (per op)     %8.2f us  (%.2fx echo)\n", per_rt, per_rt / echo);
     printf("bench: broker cost over transport/op  %8.2f us  (%.1f%% of echo)\n", per_rt - echo,
            100.0 * (per_rt - echo) / echo);
     printf("bench: broker work per lease, no I/O  %8.2f us  (%.1f%% of one echo round trip)\n",

@@ -25,7 +25,10 @@
  * (--jobs) run: the framework's leak, not ours. Read by LeakSanitizer in
  * the sanitizer build; an unused symbol otherwise. */
 const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) { return "leak:libcriterion.so\n"; }
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:libcriterion.so\n";
+}
 
 void ut_tmpdir(const char *tag, char *out, size_t outsz)
 {
@@ -229,7 +232,10 @@ void *ut_dealer(const char *endpoint)
     return s;
 }
 
-void ut_dealer_close(void *sock) { zmq_close(sock); }
+void ut_dealer_close(void *sock)
+{
+    zmq_close(sock);
+}
 
 void ut_req(ul_request *r, ul_op op)
 {
@@ -311,8 +317,7 @@ int ut_acquire(void *sock, const char *uvm, bool conf, const char *label, int64_
         rc = ut_recv(sock, rep, (int)(deadline - now));
         if (rc)
             return rc;
-        if ((rep->kind == UL_MSG_GRANT || rep->kind == UL_MSG_ACQUIRE_FAILED) &&
-            rep->rid == r.rid)
+        if ((rep->kind == UL_MSG_GRANT || rep->kind == UL_MSG_ACQUIRE_FAILED) && rep->rid == r.rid)
             return rep->kind == UL_MSG_GRANT ? 0 : (int)rep->err;
     }
 }

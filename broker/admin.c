@@ -52,6 +52,9 @@ typedef struct ul_admin {
     uint32_t n_watchers;
     kill_job kills[S_MAX_KILLS];
     uint32_t n_kills;
+    /* Refused admin requests: audited, but a flood must not become a flood
+     * of log lines (token bucket, as for rejected input). */
+    uint64_t deny_tokens, deny_refill_at, deny_suppressed;
     hist wait, hold, handoff, phase[S_NPHASES];
 } ul_admin;
 
@@ -99,9 +102,39 @@ static bool s_is_admin(const uvmlease_broker *b, const ul_peer *peer)
     return b->have_admin_gid && ul_proc_in_group((pid_t)peer->pid, b->admin_gid);
 }
 
+/* Whether a refused request may be audited now; counts the ones that
+ * may not. */
+static bool s_deny_log_allowed(ul_admin *a, uint64_t now, uint64_t *suppressed)
+{
+    if (a->deny_refill_at == 0) {
+        a->deny_tokens = 20;
+        a->deny_refill_at = now;
+    }
+    uint64_t add = (now - a->deny_refill_at) * 5 / 1000;
+    if (add) {
+        a->deny_tokens = a->deny_tokens + add > 20 ? 20 : a->deny_tokens + add;
+        a->deny_refill_at = now;
+    }
+    if (a->deny_tokens == 0) {
+        a->deny_suppressed++;
+        return false;
+    }
+    a->deny_tokens--;
+    *suppressed = a->deny_suppressed;
+    a->deny_suppressed = 0;
+    return true;
+}
+
 static void s_audit(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
                     const char *result)
 {
+    char suppressed[24] = "0";
+    if (strcmp(result, "denied") == 0) {
+        uint64_t n = 0;
+        if (!b->admin || !s_deny_log_allowed(b->admin, ul_now_ms(), &n))
+            return;
+        snprintf(suppressed, sizeof suppressed, "%llu", (unsigned long long)n);
+    }
     char uid[16], pid[16], comm[UL_MAX_COMM + 1], target[16] = "";
     snprintf(uid, sizeof uid, "%u", peer->uid);
     snprintf(pid, sizeof pid, "%u", peer->pid);
@@ -113,7 +146,7 @@ static void s_audit(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
                                                       : "revoke";
     ul_log(&b->log, UL_LOG_WARN, "audit", "action", ul_op_name(req->op), "mode", mode, "uvm",
            req->uvm, "target_pid", target, "uid", uid, "pid", pid, "comm", comm, "reason",
-           req->reason, "result", result, NULL);
+           req->reason, "result", result, "suppressed", suppressed, NULL);
 }
 
 /* ---- views ------------------------------------------------------------- */
@@ -203,8 +236,12 @@ static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *re
         rep.op = req->op;
         rep.n_uvms = page;
         rep.uvms = calloc(page ? page : 1, sizeof *rep.uvms);
-        ul_holder *holders =
-            calloc((size_t)(page ? page : 1) * S_LIST_HOLDERS_MAX, sizeof *holders);
+        /* Holders of this page only (most UVMs have one). */
+        size_t nh = 0;
+        for (uint32_t i = 0; i < page; i++)
+            nh += all[first + i]->n_holders < S_LIST_HOLDERS_MAX ? all[first + i]->n_holders
+                                                                 : S_LIST_HOLDERS_MAX;
+        ul_holder *holders = calloc(nh ? nh : 1, sizeof *holders);
         if (!rep.uvms || !holders) {
             free(rep.uvms);
             free(holders);
@@ -212,9 +249,12 @@ static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *re
             ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
             return;
         }
-        for (uint32_t i = 0; i < page; i++)
-            s_fill_info(b, all[first + i], now, &rep.uvms[i], false,
-                        holders + (size_t)i * S_LIST_HOLDERS_MAX, S_LIST_HOLDERS_MAX, NULL, 0);
+        size_t used = 0;
+        for (uint32_t i = 0; i < page; i++) {
+            s_fill_info(b, all[first + i], now, &rep.uvms[i], false, holders + used,
+                        S_LIST_HOLDERS_MAX, NULL, 0);
+            used += rep.uvms[i].n_holders;
+        }
         rep.more = first + page < n;
         /* Long labels on many holders can exceed a reply frame: halve the
          * page until it fits; the client asks for the rest with "after". */
@@ -499,35 +539,61 @@ static bool s_kill_add(ul_admin *a, bproc *p, uint64_t at)
 /* Signal the processes that keep the UVM's leases (holder and watched
  * child) through their pidfds; their deaths, seen on the pidfds, release
  * the leases with reason "killed". */
+/* Whether pid names lease l: its holder, or its watched child (the pid an
+ * admin sees once the holder is gone). 0 names every lease. */
+static bool s_names(const lt_lease *l, uint32_t pid)
+{
+    return pid == 0 || l->pid == pid || (l->child && l->child->id.pid == pid);
+}
+
+/* Signal the processes that keep the UVM's leases (holder and watched
+ * child) through their pidfds; their deaths, seen on the pidfds, release
+ * the leases with reason "killed". Room for every kill job is checked
+ * before anything is signalled. */
 static int s_kill(uvmlease_broker *b, lt_uvm *u, uint32_t pid, uint64_t now, uint32_t *signalled)
 {
     ul_admin *a = s_admin(b);
     if (!a)
         return UVMLEASE_ENOMEM;
     *signalled = 0;
+    bproc *targets[2 * S_MAX_KILLS];
+    uint32_t n = 0;
+    bool named = false;
     const ul_list *pos;
     for (pos = u->holders.next; pos != &u->holders; pos = pos->next) {
         const lt_lease *l = ul_container_of(pos, lt_lease, uvm_link);
-        lt_owner *anchors[2] = {l->owner, l->child};
-        uint32_t holder_pid = l->owner ? l->owner->id.pid : l->child ? l->child->id.pid : 0;
-        if (pid && holder_pid != pid)
+        if (!s_names(l, pid))
             continue;
+        named = true;
+        lt_owner *anchors[2] = {l->owner, l->child};
         for (int k = 0; k < 2; k++) {
             bproc *p = anchors[k] ? anchors[k]->user : NULL;
             if (!p || p->kill_pending)
                 continue;
-            if (!s_kill_add(a, p, now + b->cfg.kill_grace_ms))
+            if (a->n_kills + n >= S_MAX_KILLS)
                 return UVMLEASE_ERESOURCE;
-            p->kill_pending = true;
-            ul_pidfd_send_signal(p->pidfd, SIGTERM);
-            (*signalled)++;
+            targets[n++] = p;
         }
     }
-    return *signalled ? 0 : UVMLEASE_ENOLEASE;
+    if (!named)
+        return UVMLEASE_ENOLEASE;
+    for (uint32_t i = 0; i < n; i++) {
+        bproc *p = targets[i];
+        if (p->kill_pending) /* holder of two leases of this UVM */
+            continue;
+        if (ul_pidfd_send_signal(p->pidfd, SIGTERM) < 0)
+            continue; /* already gone (its pidfd will say so) or not ours to signal */
+        s_kill_add(a, p, now + b->cfg.kill_grace_ms);
+        p->kill_pending = true;
+        (*signalled)++;
+    }
+    /* Already being killed, or dying: the lease moves on at the death. */
+    return 0;
 }
 
 static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
+    s_admin(b);
     if (!s_is_admin(b, peer)) {
         s_audit(b, peer, req, "denied");
         ul_broker_reply_error(b, peer, req, UVMLEASE_EPERM,

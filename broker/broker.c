@@ -79,6 +79,8 @@ static void s_proc_unlink(uvmlease_broker *b, bproc *p)
         ul_list_remove(&p->idle_link);
         b->n_idle--;
     }
+    if (ul_list_linked(&p->check_link))
+        ul_list_remove(&p->check_link);
     bproc **pp = &b->procs[s_pid_slot(b, p->pid)];
     while (*pp && *pp != p)
         pp = &(*pp)->hnext;
@@ -124,6 +126,9 @@ static void s_proc_gone(uvmlease_broker *b, bproc *p, lt_reason reason)
         lt_owner_exit(b->table, p->owner, reason, now);
     }
     ul_broker_proc_gone_hook(b, p);
+    /* lt_owner_exit's events may have queued it for an idle check. */
+    if (ul_list_linked(&p->check_link))
+        ul_list_remove(&p->check_link);
     free(p);
 }
 
@@ -166,7 +171,7 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
 {
     bproc *p = s_proc_find(b, pid);
     if (p && s_proc_dead(p)) {
-        s_proc_gone(b, p, LT_R_HOLDER_EXIT);
+        s_proc_gone(b, p, p->kill_pending ? LT_R_KILLED : LT_R_HOLDER_EXIT);
         p = NULL;
     }
     if (p) {
@@ -191,7 +196,11 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
         return NULL;
     }
     uint64_t start = ul_proc_start_time((pid_t)pid);
-    if (start == 0) {
+    /* The sender may have exited (and its pid been reused) before we got
+     * here: if the pidfd already reports a death, the start time read may
+     * be another process's. Nothing is held for a sender that is gone. */
+    struct pollfd gone = {.fd = fd, .events = POLLIN};
+    if (start == 0 || poll(&gone, 1, 0) != 0) {
         close(fd);
         *err = UVMLEASE_EPEER;
         return NULL;
@@ -203,6 +212,7 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
         return NULL;
     }
     ul_list_init(&p->idle_link);
+    ul_list_init(&p->check_link);
     p->pid = pid;
     p->uid = uid;
     p->start_time = start;
@@ -241,6 +251,15 @@ static void s_proc_forget(uvmlease_broker *b, bproc *p)
     close(p->pidfd);
     lt_owner_free(b->table, p->owner);
     free(p);
+}
+
+void ul_broker_proc_check_idle(uvmlease_broker *b)
+{
+    while (!ul_list_empty(&b->check)) {
+        bproc *p = ul_container_of(b->check.next, bproc, check_link);
+        ul_list_remove(&p->check_link);
+        ul_broker_proc_maybe_forget(b, p);
+    }
 }
 
 void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p)
@@ -311,11 +330,22 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
 
 /* ---- table events ------------------------------------------------------ */
 
-static void s_proc_inactive(const lt_owner *o)
+/* A lease or waiter of o ended inside a table call: count it, and look at
+ * the process once the call has returned (forgetting it now would free an
+ * owner the table is still using). */
+static void s_proc_touch(uvmlease_broker *b, const lt_owner *o)
+{
+    bproc *p = o ? o->user : NULL;
+    if (p && !ul_list_linked(&p->check_link))
+        ul_list_insert_tail(&b->check, &p->check_link);
+}
+
+static void s_proc_inactive(uvmlease_broker *b, const lt_owner *o)
 {
     bproc *p = o ? o->user : NULL;
     if (p && p->n_active > 0)
         p->n_active--;
+    s_proc_touch(b, o);
 }
 
 static void s_on_event(void *ctx, const lt_event *ev)
@@ -367,7 +397,7 @@ static void s_on_event(void *ctx, const lt_event *ev)
         ul_broker_send(b, w->user, &rep);
         free(w->user);
         ev->waiter->user = NULL;
-        s_proc_inactive(w->owner);
+        s_proc_inactive(b, w->owner);
         break;
     }
     case LT_EV_RELEASED: {
@@ -390,7 +420,8 @@ static void s_on_event(void *ctx, const lt_event *ev)
         }
         free(l->user);
         l->user = NULL;
-        s_proc_inactive(l->owner);
+        s_proc_inactive(b, l->owner);
+        s_proc_touch(b, l->child); /* an anchor is not counted, but may now be idle */
         break;
     }
     case LT_EV_OVERDUE: {
@@ -582,6 +613,7 @@ static void *s_run(void *arg)
         uint64_t now = ul_now_ms();
         uint64_t next = lt_tick(b->table, now);
         uint64_t next2 = ul_broker_timers(b, now);
+        ul_broker_proc_check_idle(b);
         if (next2 < next)
             next = next2;
         long timeout = -1;
@@ -612,6 +644,7 @@ static void *s_run(void *arg)
             for (int i = 0; i < S_MAX_BATCH; i++)
                 if (!s_recv_one(b))
                     break;
+            ul_broker_proc_check_idle(b);
         }
     }
     return NULL;
@@ -681,6 +714,7 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     b->log.ctx = cfg->log_ctx;
     b->instance = ul_random64();
     ul_list_init(&b->idle);
+    ul_list_init(&b->check);
     b->reject_tokens = S_REJECT_BURST;
     b->reject_refill_at = ul_now_ms();
     b->wall_base_ms = ul_wall_ms() - ul_now_ms();

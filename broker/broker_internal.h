@@ -9,6 +9,9 @@
 /* Leases plus waiters one client process may have at once: a runaway or
  * hostile peer cannot grow the tables without bound. */
 #define UL_MAX_PER_PROCESS 1024
+/* Leases plus waiters on the whole host: bounds the broker's memory
+ * (about 2 KiB each) whatever many processes do. */
+#define UL_MAX_ACTIVE_TOTAL 16384
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -41,9 +44,10 @@ typedef struct bproc {
     int pidfd;
     char comm[UL_MAX_COMM + 1];
     lt_owner *owner;
-    bool kill_pending; /* force-release --mode kill signalled it */
-    uint32_t n_active; /* leases + waiters it asked for (bounded per process) */
-    ul_list idle_link; /* on uvmlease_broker.idle while it has nothing */
+    bool kill_pending;  /* force-release --mode kill signalled it */
+    uint32_t n_active;  /* leases + waiters it asked for (bounded per process) */
+    ul_list idle_link;  /* on uvmlease_broker.idle while it has nothing */
+    ul_list check_link; /* on uvmlease_broker.check: may have become idle */
     struct bproc *hnext;
 } bproc;
 
@@ -72,6 +76,7 @@ struct uvmlease_broker {
     uint32_t n_procs;
     ul_list idle; /* processes with nothing held, least recently used first */
     uint32_t n_idle;
+    ul_list check; /* processes a table event may have left idle */
 
     ul_buf out; /* reused for every outgoing message */
 
@@ -87,6 +92,8 @@ struct uvmlease_broker {
 /* broker.c */
 bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *err);
 void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p);
+/* Run maybe_forget on every process a table event touched. */
+void ul_broker_proc_check_idle(uvmlease_broker *b);
 void ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep);
 void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
                            bool with_phases);

@@ -1312,7 +1312,9 @@ int lt_revoke(lt_table *t, const char *uvm, uint32_t pid, uint64_t now)
     ul_list_foreach_safe(n, tmp, &u->holders)
     {
         lt_lease *l = ul_container_of(n, lt_lease, uvm_link);
-        if (pid != 0 && l->pid != pid)
+        /* The pid an admin sees is the holder's, or the watched child's
+         * once the holder is gone: either names the lease. */
+        if (pid != 0 && l->pid != pid && !(l->child && l->child->id.pid == pid))
             continue;
         s_lease_end(t, l, LT_R_REVOKED, now);
         matched++;

@@ -83,10 +83,16 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
      * instance or lost a reply) is answered from what the acquire became,
      * whatever the per-process limit. */
     bool known = lt_rid_known(b->table, p->owner, req->rid);
-    if (!known && p->n_active >= UL_MAX_PER_PROCESS) {
+    const lt_stats *st = lt_stats_get(b->table);
+    if (!known &&
+        (p->n_active >= UL_MAX_PER_PROCESS || st->holders + st->waiters >= UL_MAX_ACTIVE_TOTAL)) {
+        bool mine = p->n_active >= UL_MAX_PER_PROCESS;
         ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE,
-                              "too many leases and waiting acquires for one process");
-        ul_broker_log_reject(b, peer->pid, UVMLEASE_ERESOURCE, "per-process limit");
+                              mine ? "too many leases and waiting acquires for one process"
+                                   : "too many leases and waiting acquires on this host");
+        ul_broker_log_reject(b, peer->pid, UVMLEASE_ERESOURCE,
+                             mine ? "per-process limit" : "host-wide limit");
+        ul_broker_proc_maybe_forget(b, p);
         return;
     }
     broute *route = s_route_copy(peer->route);
@@ -193,12 +199,14 @@ static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_requ
     bproc *c = ul_broker_proc_get(b, req->pid, peer->uid, &err);
     if (!c) {
         ul_broker_reply_error(b, peer, req, err, NULL);
+        ul_broker_proc_maybe_forget(b, p);
         return;
     }
     int rc = lt_attach_child(b->table, p->owner, req->lease, c->owner);
     if (rc) {
         ul_broker_reply_error(b, peer, req, rc, NULL);
         ul_broker_proc_maybe_forget(b, c);
+        ul_broker_proc_maybe_forget(b, p);
         return;
     }
     s_reply_ok(b, peer, req);

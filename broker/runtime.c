@@ -53,7 +53,6 @@ int ul_resolve_group(const char *name, gid_t *out)
 /* Create (or check) a directory reachable only by the owner and a group. */
 static int s_prepare_dir(const ul_runtime *rt, const char *dir, char *err, size_t errsz)
 {
-    struct stat st;
     bool created = false;
     if (mkdir(dir, 0750) == 0) {
         created = true;
@@ -61,25 +60,74 @@ static int s_prepare_dir(const ul_runtime *rt, const char *dir, char *err, size_
         S_ERR("cannot create %s: %s", dir, strerror(errno));
         return UVMLEASE_ESYSTEM;
     }
-    if (lstat(dir, &st) < 0) {
-        S_ERR("cannot stat %s: %s", dir, strerror(errno));
+    /* Work on the directory itself, never on whatever a path resolves to
+     * later: no symlink, and every change through the descriptor. */
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        S_ERR("cannot open directory %s: %s", dir, strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return UVMLEASE_ESYSTEM;
     }
-    if (!S_ISDIR(st.st_mode)) {
-        S_ERR("%s is not a directory", dir);
-        errno = ENOTDIR;
+    /* Whoever owns or may write into the directory can replace the socket
+     * with their own and hand out leases: refuse rather than repair. */
+    if (st.st_uid != geteuid()) {
+        S_ERR("%s is owned by uid %u, not by the broker (uid %u)", dir, (unsigned)st.st_uid,
+              (unsigned)geteuid());
+        close(fd);
+        errno = EPERM;
+        return UVMLEASE_ESYSTEM;
+    }
+    if (!created && (st.st_mode & 0002)) {
+        S_ERR("%s is writable by others (mode %04o)", dir, (unsigned)(st.st_mode & 07777));
+        close(fd);
+        errno = EPERM;
         return UVMLEASE_ESYSTEM;
     }
     /* mkdir's mode went through the umask; set the intended one
      * explicitly. An existing directory only loses access for others,
      * unless a socket group is named: its members must be able to enter. */
-    mode_t want = created || rt->have_group ? 0750 : (st.st_mode & 07770 & ~(mode_t)07);
-    if ((st.st_mode & 07777) != want && chmod(dir, want) < 0) {
+    mode_t want = created || rt->have_group ? 0750 : (st.st_mode & 0770);
+    int rc = 0;
+    if ((st.st_mode & 07777) != want && fchmod(fd, want) < 0) {
         S_ERR("cannot chmod %s: %s", dir, strerror(errno));
+        rc = UVMLEASE_ESYSTEM;
+    } else if (rt->have_group && st.st_gid != rt->group && fchown(fd, (uid_t)-1, rt->group) < 0) {
+        S_ERR("cannot set group of %s: %s", dir, strerror(errno));
+        rc = UVMLEASE_ESYSTEM;
+    }
+    close(fd);
+    return rc;
+}
+
+/* The directory of a socket placed with --endpoint: it also holds the lock
+ * file. Others must not be able to replace either: owned by the broker or
+ * root, and writable by others only with the sticky bit (like /tmp). */
+static int s_check_socket_dir(const char *sock_path, char *err, size_t errsz)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", sock_path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    struct stat st;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        S_ERR("socket directory %s: %s", dir, strerror(errno ? errno : ENOTDIR));
         return UVMLEASE_ESYSTEM;
     }
-    if (rt->have_group && st.st_gid != rt->group && chown(dir, (uid_t)-1, rt->group) < 0) {
-        S_ERR("cannot set group of %s: %s", dir, strerror(errno));
+    if (st.st_uid != geteuid() && st.st_uid != 0) {
+        S_ERR("socket directory %s is owned by uid %u", dir, (unsigned)st.st_uid);
+        errno = EPERM;
+        return UVMLEASE_ESYSTEM;
+    }
+    if ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX)) {
+        S_ERR("socket directory %s is writable by others without the sticky bit", dir);
+        errno = EPERM;
         return UVMLEASE_ESYSTEM;
     }
     return 0;
@@ -140,6 +188,8 @@ int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const
     snprintf(rt->lock_path, sizeof rt->lock_path, "%s.lock", rt->sock_path);
 
     int rc = s_prepare_dir(rt, rt->dir, err, errsz);
+    if (rc == 0 && endpoint && *endpoint)
+        rc = s_check_socket_dir(rt->sock_path, err, errsz);
     if (rc)
         return rc;
 

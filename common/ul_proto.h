@@ -46,7 +46,7 @@
 
 #define UL_LIST_PAGE_MAX      256 /* UVMs per list reply */
 #define UL_SHOW_WAITERS_MAX   1024
-#define UL_PHASES_MAX         16 /* phase history kept per lease */
+#define UL_PHASES_MAX         8 /* phase history kept per lease */
 #define UL_HIST_BUCKETS       24
 #define UL_STATS_COUNTERS_MAX 1024 /* counters per stats reply */
 #define UL_STATS_HISTS_MAX    256  /* histograms per stats reply */

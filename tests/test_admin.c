@@ -524,3 +524,112 @@ Test(admin, only_root_or_admin_group)
     uvmlease_broker_stop(&b);
     ut_rmrf(parent);
 }
+
+/* A process whose waiter timed out while it lives on is idle: the broker
+ * keeps at most 256 idle processes tracked (one pidfd each), so many such
+ * processes do not pin a pidfd each. */
+Test(admin, idle_processes_are_not_pinned_by_timeouts, .timeout = 120)
+{
+    const char *ep = s_start(NULL);
+    ut_chan hrep, hgo;
+    ut_chan_open(&hrep);
+    ut_chan_open(&hgo);
+    child_args ha = {.ep = ep, .label = "holder", .rep = &hrep, .go = &hgo};
+    pid_t h = s_spawn(&ha);
+    cr_assert_eq(ut_chan_get(&hrep, 30000), 'G');
+    enum { N = 280 };
+    static pid_t kids[N];
+    ut_chan done;
+    ut_chan_open(&done);
+    for (int i = 0; i < N; i++) {
+        kids[i] = ut_fork();
+        if (kids[i] == 0) {
+            void *s = ut_dealer(ep);
+            ul_reply r;
+            memset(&r, 0, sizeof r);
+            int rc = ut_acquire(s, UVM, true, "w", 1, &r, NULL, NULL, 10000);
+            ut_chan_put(&done, rc == UVMLEASE_ETIMEDOUT ? 'T' : 'E');
+            pause(); /* alive, holding nothing */
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(ut_chan_get(&done, 30000), 'T', "waiter %d", i);
+    void *s = ut_dealer(ep);
+    ul_request q;
+    ul_reply r;
+    ut_req(&q, UL_OP_STATS);
+    s_call_ok(s, &q, &r);
+    uint64_t procs = UINT64_MAX;
+    for (uint32_t i = 0; i < r.n_counters; i++)
+        if (!strcmp(r.counters[i].name, "processes"))
+            procs = r.counters[i].value;
+    ul_reply_free(&r);
+    /* 256 idle + the holder + this process (stats pins nothing). */
+    cr_assert_leq(procs, 258, "%llu client processes still tracked", (unsigned long long)procs);
+    for (int i = 0; i < N; i++)
+        kill(kids[i], SIGKILL);
+    for (int i = 0; i < N; i++)
+        ut_wait(kids[i], 5000);
+    ut_chan_put(&hgo, 'x');
+    cr_assert_eq(ut_wait_code(h, 10000), 0);
+    s_stop();
+}
+
+/* The pid an admin sees for a lease whose holder is gone is its watched
+ * child's: force-release --pid accepts it. */
+Test(admin, revoke_names_a_lease_by_its_watched_child)
+{
+    const char *ep = s_start(NULL);
+    ut_chan ready;
+    ut_chan_open(&ready);
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t h = ut_fork();
+    if (h == 0) {
+        pid_t c = fork();
+        if (c == 0) {
+            pause(); /* the "command": lives until killed */
+            _exit(0);
+        }
+        void *s = ut_dealer(ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM, true, "run", UL_TIMEOUT_FOREVER, &r, NULL, NULL, 10000))
+            _exit(10);
+        ul_request q;
+        ut_req(&q, UL_OP_WATCH_CHILD);
+        q.lease = r.lease;
+        q.pid = (uint32_t)c;
+        if (ut_call(s, &q, &r, 5000) || r.err)
+            _exit(11);
+        if (write(fds[1], &c, sizeof c) != sizeof c)
+            _exit(12);
+        _exit(0); /* the holder goes; the child keeps the lease */
+    }
+    pid_t child = 0;
+    cr_assert_eq(read(fds[0], &child, sizeof child), (ssize_t)sizeof child);
+    cr_assert_eq(ut_wait_code(h, 10000), 0);
+    void *s = ut_dealer(ep);
+    ul_request q;
+    ul_reply r;
+    ut_req(&q, UL_OP_SHOW);
+    snprintf(q.uvm, sizeof q.uvm, UVM);
+    s_call_ok(s, &q, &r);
+    cr_assert_eq(r.err, 0, "the lease must outlive its holder while the child lives");
+    cr_assert_eq(r.uvms[0].holders[0].pid, (uint32_t)child);
+    ul_reply_free(&r);
+    ut_req(&q, UL_OP_FORCE_RELEASE);
+    snprintf(q.uvm, sizeof q.uvm, UVM);
+    q.mode = UL_FORCE_REVOKE;
+    q.pid = (uint32_t)child;
+    snprintf(q.reason, sizeof q.reason, "command wedged");
+    s_call_ok(s, &q, &r);
+    cr_assert_eq(r.err, 0, "revoke --pid <child>: %s", ul_status_name((int)r.err));
+    ut_req(&q, UL_OP_SHOW);
+    snprintf(q.uvm, sizeof q.uvm, UVM);
+    s_call_ok(s, &q, &r);
+    cr_assert_eq(r.err, UVMLEASE_EUNKNOWNUVM, "the lease is still there");
+    kill(child, SIGKILL);
+    s_stop();
+}

@@ -739,3 +739,39 @@ Test(broker, overdue_is_flagged_never_revoked)
     cr_assert_eq(ut_wait_code(pa, 10000), 0, "the overdue holder could not release normally");
     s_stop();
 }
+
+Test(broker, unsafe_runtime_dirs_refused)
+{
+    char parent[256], dir[300];
+    ut_tmpdir("unsafe", parent, sizeof parent);
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    cr_assert_eq(mkdir(dir, 0777), 0);
+    cr_assert_eq(chmod(dir, 01777), 0);
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.runtime_dir = dir;
+    cfg.log_level = UL_LOG_ERROR;
+    uvmlease_broker *b = NULL;
+    char err[256] = "";
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), UVMLEASE_ESYSTEM);
+    cr_assert(strstr(err, "writable by others"), "%s", err);
+    struct stat st;
+    cr_assert_eq(stat(dir, &st), 0);
+    cr_assert_eq(st.st_mode & 07777, 01777, "a refused directory must be left as it was");
+    /* A symlink in place of the directory is not followed. */
+    char link[320];
+    snprintf(link, sizeof link, "%s/link", parent);
+    cr_assert_eq(symlink(dir, link), 0);
+    cfg.runtime_dir = link;
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), UVMLEASE_ESYSTEM);
+    if (geteuid() == 0) {
+        /* A directory owned by someone else. */
+        cr_assert_eq(chmod(dir, 0750), 0);
+        cr_assert_eq(chown(dir, 65534, 65534), 0);
+        cfg.runtime_dir = dir;
+        cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), UVMLEASE_ESYSTEM);
+        cr_assert(strstr(err, "owned by uid 65534"), "%s", err);
+    }
+    cr_assert_null(b);
+    ut_rmrf(parent);
+}

@@ -328,6 +328,67 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
     }
 }
 
+/* ---- journal ------------------------------------------------------------ */
+
+static void s_journal_failed(uvmlease_broker *b)
+{
+    if (!b->state_failed) {
+        b->state_failed = true;
+        ul_log(&b->log, UL_LOG_ERROR, "cannot write the lease journal", "path", b->state.path,
+               "err", strerror(errno), NULL);
+    }
+}
+
+static void s_lease_record(const lt_lease *l, ul_state_lease *r)
+{
+    memset(r, 0, sizeof *r);
+    const lt_owner *o = l->owner ? l->owner : l->child;
+    r->lease = l->id;
+    r->fence = l->fence;
+    r->rid = l->rid;
+    r->pid = o ? o->id.pid : l->pid;
+    r->uid = o ? o->id.uid : 0;
+    r->start_time = o ? o->id.start_time : 0;
+    r->confidential = l->uvm->confidential;
+    snprintf(r->uvm, sizeof r->uvm, "%s", l->uvm->id);
+    snprintf(r->label, sizeof r->label, "%s", l->label);
+    if (l->owner && l->child) {
+        r->child_pid = l->child->id.pid;
+        r->child_start = l->child->id.start_time;
+    }
+}
+
+void ul_broker_journal_child(uvmlease_broker *b, uint64_t lease, const bproc *child)
+{
+    if (ul_state_child(&b->state, lease, child->pid, child->start_time))
+        s_journal_failed(b);
+}
+
+/* Rewrite the journal with the leases held now: it only ever grows
+ * otherwise. */
+static int s_journal_rewrite(uvmlease_broker *b)
+{
+    const lt_stats *st = lt_stats_get(b->table);
+    size_t cap = st->holders ? st->holders : 1, n = 0;
+    ul_state_lease *v = calloc(cap, sizeof *v);
+    if (!v)
+        return UVMLEASE_ENOMEM;
+    for (lt_uvm *u = lt_uvm_first(b->table); u; u = lt_uvm_next(b->table, u))
+        for (ul_list *pos = u->holders.next; pos != &u->holders && n < cap; pos = pos->next)
+            s_lease_record(ul_container_of(pos, lt_lease, uvm_link), &v[n++]);
+    int rc = ul_state_rewrite(&b->state, b->state.path, v, n);
+    free(v);
+    return rc;
+}
+
+static void s_journal_maybe_compact(uvmlease_broker *b)
+{
+    const lt_stats *st = lt_stats_get(b->table);
+    if (b->state.records > 4096 && b->state.records > 4 * (st->holders + 1) &&
+        s_journal_rewrite(b) != 0)
+        s_journal_failed(b);
+}
+
 /* ---- table events ------------------------------------------------------ */
 
 /* A lease or waiter of o ended inside a table call: count it, and look at
@@ -363,6 +424,10 @@ static void s_on_event(void *ctx, const lt_event *ev)
         ul_log(&b->log, UL_LOG_INFO, "grant", "uvm", l->uvm->id, "pid", pidbuf, "comm",
                o ? o->id.comm : "", "label", l->label, "lease", lease, "fence", fence, "waited_ms",
                dur, NULL);
+        ul_state_lease rec;
+        s_lease_record(l, &rec);
+        if (ul_state_grant(&b->state, &rec))
+            s_journal_failed(b);
         if (ev->waiter) {
             ul_reply rep;
             memset(&rep, 0, sizeof rep);
@@ -418,6 +483,8 @@ static void s_on_event(void *ctx, const lt_event *ev)
             snprintf(rep.reason, sizeof rep.reason, "%s", lt_reason_name(ev->reason));
             ul_broker_send(b, l->user, &rep);
         }
+        if (ul_state_release(&b->state, l->id))
+            s_journal_failed(b);
         free(l->user);
         l->user = NULL;
         s_proc_inactive(b, l->owner);
@@ -645,9 +712,66 @@ static void *s_run(void *arg)
                 if (!s_recv_one(b))
                     break;
             ul_broker_proc_check_idle(b);
+            s_journal_maybe_compact(b);
         }
     }
     return NULL;
+}
+
+/* ---- restore ----------------------------------------------------------- */
+
+/* A journalled process still alive as the same process (pid and start
+ * time), tracked; NULL otherwise. */
+static bproc *s_same_proc(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64_t start)
+{
+    int err = 0;
+    bproc *p = pid ? ul_broker_proc_get(b, pid, uid, &err) : NULL;
+    if (p && p->start_time != start) {
+        ul_broker_proc_maybe_forget(b, p); /* the pid was reused */
+        return NULL;
+    }
+    return p;
+}
+
+/* Put back every journalled lease whose holder (or watched child) still
+ * runs. A lease whose processes are all gone is not restored: its holder
+ * exited while no broker ran. Returns how many were restored. */
+static size_t s_restore(uvmlease_broker *b, const ul_state_lease *v, size_t n)
+{
+    size_t restored = 0;
+    uint64_t now = ul_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        const ul_state_lease *r = &v[i];
+        bproc *h = s_same_proc(b, r->pid, r->uid, r->start_time);
+        bproc *c = r->child_pid ? s_same_proc(b, r->child_pid, r->uid, r->child_start) : NULL;
+        bproc *owner = h ? h : c;
+        if (!owner)
+            continue;
+        lt_restore_args a = {.uvm = r->uvm,
+                             .confidential = r->confidential,
+                             .label = r->label,
+                             .rid = r->rid,
+                             .lease_id = r->lease,
+                             .fence = r->fence};
+        char id[24];
+        s_u64(id, sizeof id, r->lease);
+        int rc = lt_restore(b->table, owner->owner, &a, now);
+        if (rc == 0 && h && c && lt_attach_child(b->table, h->owner, r->lease, c->owner) != 0)
+            rc = UVMLEASE_EINTERNAL;
+        if (rc) {
+            ul_log(&b->log, UL_LOG_ERROR, "cannot restore lease", "uvm", r->uvm, "lease", id, "err",
+                   ul_status_name(rc), NULL);
+            continue;
+        }
+        owner->n_active++;
+        restored++;
+        char pidbuf[16];
+        snprintf(pidbuf, sizeof pidbuf, "%u", owner->pid);
+        ul_log(&b->log, UL_LOG_INFO, "restored", "uvm", r->uvm, "pid", pidbuf, "label", r->label,
+               "lease", id, NULL);
+    }
+    ul_broker_proc_check_idle(b);
+    return restored;
 }
 
 /* ---- start / stop ------------------------------------------------------ */
@@ -674,6 +798,7 @@ static void s_free(uvmlease_broker *b)
         free(b->procs);
     }
     ul_broker_admin_free(b);
+    ul_state_close(&b->state);
     lt_free(&b->table);
     ul_runtime_close(&b->rt);
     if (b->stop_efd >= 0)
@@ -702,6 +827,7 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     b->stop_efd = -1;
     b->epfd = -1;
     b->rt.lock_fd = -1;
+    b->state.fd = -1;
     b->cfg = *cfg;
     b->socket_group = s_strdup_or_null(cfg->socket_group);
     b->admin_group_name = s_strdup_or_null(cfg->admin_group);
@@ -737,16 +863,28 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
         return rc;
     }
 
+    /* Leases an earlier instance granted whose holders may still run. */
+    snprintf(b->state.path, sizeof b->state.path, "%s.state", b->rt.sock_path);
+    ul_state_lease *saved = NULL;
+    size_t n_saved = 0, n_bad = 0;
+    uint64_t max_lease = 0, max_fence = 0;
+    if (ul_state_load(b->state.path, &saved, &n_saved, &max_lease, &max_fence, &n_bad) != 0) {
+        snprintf(err, errsz, "cannot read the lease journal %s: %s", b->state.path,
+                 strerror(errno));
+        s_free(b);
+        return UVMLEASE_ESYSTEM;
+    }
+
     /* Lease ids and fences only go up, across broker instances too: start
-     * above the wall clock in microseconds (and above persisted state). */
+     * above the wall clock in microseconds and above the journal. */
     uint64_t floor = ul_wall_us();
     lt_config tc = {
         .serialize = cfg->serialize,
         .max_active = cfg->max_active,
         .quarantine_ms = cfg->quarantine_ms,
         .hold_warn_ms = cfg->hold_warn_ms,
-        .fence_floor = floor,
-        .lease_id_floor = floor,
+        .fence_floor = floor > max_fence ? floor : max_fence,
+        .lease_id_floor = floor > max_lease ? floor : max_lease,
         /* Peers choose UVM ids: a secret hash key keeps them from
          * crafting collisions. */
         .hash_key = {ul_random64(), ul_random64()},
@@ -759,8 +897,26 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     b->zctx = zmq_ctx_new();
     if (!b->table || b->stop_efd < 0 || b->epfd < 0 || !b->zctx) {
         snprintf(err, errsz, "cannot allocate broker resources: %s", strerror(errno));
+        free(saved);
         s_free(b);
         return UVMLEASE_ESYSTEM;
+    }
+    size_t restored = s_restore(b, saved, n_saved);
+    free(saved);
+    saved = NULL;
+    if (s_journal_rewrite(b) != 0) {
+        snprintf(err, errsz, "cannot write the lease journal %s: %s", b->state.path,
+                 strerror(errno));
+        s_free(b);
+        return UVMLEASE_ESYSTEM;
+    }
+    if (n_saved || n_bad) {
+        char r[24], d[24], bad[24];
+        s_u64(r, sizeof r, restored);
+        s_u64(d, sizeof d, n_saved - restored);
+        s_u64(bad, sizeof bad, n_bad);
+        ul_log(&b->log, n_bad ? UL_LOG_WARN : UL_LOG_INFO, "journal read", "path", b->state.path,
+               "restored", r, "holder_gone", d, "bad_lines", bad, NULL);
     }
     zmq_ctx_set(b->zctx, ZMQ_IO_THREADS, 1);
     zmq_ctx_set(b->zctx, ZMQ_BLOCKY, 0);

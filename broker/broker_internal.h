@@ -20,6 +20,7 @@
 
 #include "lease_table.h"
 #include "runtime.h"
+#include "state.h"
 #include "ul_log.h"
 #include "ul_proto.h"
 #include "uvmlease_broker.h"
@@ -78,7 +79,9 @@ struct uvmlease_broker {
     uint32_t n_idle;
     ul_list check; /* processes a table event may have left idle */
 
-    ul_buf out; /* reused for every outgoing message */
+    ul_buf out;        /* reused for every outgoing message */
+    ul_state state;    /* the lease journal beside the socket */
+    bool state_failed; /* a journal write failed (logged once) */
 
     uint64_t reject_tokens;
     uint64_t reject_refill_at;
@@ -99,6 +102,9 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
                            bool with_phases);
 void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what);
 uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms);
+
+/* broker.c: journal */
+void ul_broker_journal_child(uvmlease_broker *b, uint64_t lease, const bproc *child);
 
 /* ops.c */
 void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len);

@@ -615,8 +615,10 @@ static lt_waiter *s_waiter_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
  * the UVM, the owner and the indexes. */
 static void s_lease_link(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, uint64_t now)
 {
-    l->id = ++t->lease_id;
-    l->fence = ++t->fence;
+    if (l->id == 0 || l->fence == 0) {
+        l->id = ++t->lease_id;
+        l->fence = ++t->fence;
+    }
     l->uvm = u;
     l->owner = o;
     l->pid = o->id.pid;
@@ -1133,6 +1135,48 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
             .type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u), .now = now});
     res->waiter = w;
     res->position = u->n_waiters;
+    return 0;
+}
+
+int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
+{
+    if (!t || !o || !a || a->lease_id == 0 || a->fence == 0)
+        return UVMLEASE_EINVAL;
+    size_t len;
+    int rc = s_check_uvm(a->uvm, &len);
+    if (rc)
+        return rc;
+    const char *label = a->label ? a->label : "";
+    if (strnlen(label, UL_MAX_LABEL + 1) > UL_MAX_LABEL)
+        return UVMLEASE_EBADTEXT;
+    if (lt_lease_find(t, a->lease_id))
+        return UVMLEASE_EDUPLICATE;
+    now = s_clock(t, now);
+    uint64_t h = s_siphash(t->key, a->uvm, len);
+    lt_uvm *u = s_uvm_lookup(t, a->uvm, len, h);
+    if (u && u->class_set && u->confidential != a->confidential)
+        return UVMLEASE_ECLASS;
+    /* A second exclusive holder cannot be restored: the record is not what
+     * the broker granted. */
+    if (u && u->n_holders > 0 && s_excl_class(t, a->confidential))
+        return UVMLEASE_EBUSY;
+    lt_lease *l = s_lease_alloc(t);
+    if (!l || (!u && !(u = s_uvm_create(t, a->uvm, len, h)))) {
+        s_free(t, l);
+        return UVMLEASE_ENOMEM;
+    }
+    u->class_set = true;
+    u->confidential = a->confidential;
+    l->rid = a->rid;
+    s_copy(l->label, label, UL_MAX_LABEL);
+    l->id = a->lease_id;
+    l->fence = a->fence;
+    if (t->lease_id < a->lease_id)
+        t->lease_id = a->lease_id;
+    if (t->fence < a->fence)
+        t->fence = a->fence;
+    s_lease_link(t, u, l, o, now);
+    t->stats.grants--; /* not a new grant */
     return 0;
 }
 

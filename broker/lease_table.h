@@ -291,6 +291,23 @@ typedef struct lt_acquire_result {
 int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
                lt_acquire_result *res);
 
+typedef struct lt_restore_args {
+    const char *uvm;
+    bool confidential;
+    const char *label;
+    uint64_t rid;
+    uint64_t lease_id; /* as granted by an earlier broker instance */
+    uint64_t fence;
+} lt_restore_args;
+
+/*
+ * Put back a lease an earlier broker instance granted (its holder is still
+ * alive). Keeps the lease id and fence, and raises the counters above them;
+ * emits no event. 0, EINVAL, EBADUVM, EBADTEXT, EDUPLICATE (the id exists),
+ * ECLASS, EBUSY (the UVM is exclusive and already held) or ENOMEM.
+ */
+int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now);
+
 /* Cancel the owner's queued acquire `rid`. 0 (FAILED event, ECANCELLED) or
  * ENOTWAITING. */
 int lt_cancel(lt_table *t, lt_owner *o, uint64_t rid, uint64_t now);

@@ -209,6 +209,7 @@ static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_requ
         ul_broker_proc_maybe_forget(b, p);
         return;
     }
+    ul_broker_journal_child(b, req->lease, c);
     s_reply_ok(b, peer, req);
 }
 

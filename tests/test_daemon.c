@@ -454,3 +454,93 @@ Test(daemon, peer_from_another_pid_namespace_refused)
     ut_wait(d, 10000);
     ut_rmrf(dir);
 }
+
+/* kill -9 of the broker loses nothing that matters: a holder that still
+ * runs keeps its lease in the next instance (others are refused, naming it),
+ * its release works there, fences keep going up, and a lease whose holder
+ * died while no broker ran is not restored. */
+Test(daemon, restart_keeps_live_leases)
+{
+    daemon_proc d;
+    s_daemon_start(&d, NULL);
+    ut_chan held, go, gone_held;
+    ut_chan_open(&held);
+    ut_chan_open(&go);
+    ut_chan_open(&gone_held);
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t h = ut_fork();
+    if (h == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "survivor", UL_TIMEOUT_FOREVER, &r, NULL, NULL, 5000))
+            _exit(10);
+        uint64_t lease = r.lease, fence = r.fence;
+        if (write(fds[1], &fence, sizeof fence) != sizeof fence)
+            _exit(11);
+        ut_chan_put(&held, 'G');
+        if (ut_chan_get(&go, 30000) < 0)
+            _exit(12);
+        /* A new socket: the old connection went with the old broker. */
+        ut_dealer_close(s);
+        s = ut_dealer(d.ep);
+        _exit(ut_release(s, lease) == 0 ? 0 : 13);
+    }
+    cr_assert_eq(ut_chan_get(&held, 30000), 'G');
+    uint64_t fence1 = 0;
+    cr_assert_eq(read(fds[0], &fence1, sizeof fence1), (ssize_t)sizeof fence1);
+    /* A second holder, on another UVM, that dies while no broker runs. */
+    pid_t g = ut_fork();
+    if (g == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, "gone-while-down@vm", true, "gone", UL_TIMEOUT_FOREVER, &r, NULL, NULL,
+                       5000))
+            _exit(10);
+        ut_chan_put(&gone_held, 'G');
+        pause();
+        _exit(0);
+    }
+    cr_assert_eq(ut_chan_get(&gone_held, 30000), 'G');
+
+    kill(d.pid, SIGKILL);
+    cr_assert_eq(ut_wait_code(d.pid, 10000), 1000 + SIGKILL);
+    kill(g, SIGKILL);
+    cr_assert_eq(ut_wait_code(g, 10000), 1000 + SIGKILL);
+    d.pid = s_spawn(d.dir, d.log, NULL);
+    cr_assert(s_ping(d.ep, 10000), "restarted uvmleased did not answer");
+
+    pid_t t = ut_fork();
+    if (t == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "intruder", 0, &r, NULL, NULL, 5000) != UVMLEASE_EBUSY)
+            _exit(10);
+        if (!r.has_holder || r.holder.pid != (uint32_t)h || strcmp(r.holder.label, "survivor"))
+            _exit(11);
+        ul_reply_free(&r);
+        /* The dead holder's UVM is free again. */
+        if (ut_acquire(s, "gone-while-down@vm", true, "next", 0, &r, NULL, NULL, 5000) != 0)
+            _exit(12);
+        ut_release(s, r.lease);
+        _exit(0);
+    }
+    cr_assert_eq(ut_wait_code(t, 10000), 0, "the restarted broker lost or invented a lease");
+    ut_chan_put(&go, 'x');
+    cr_assert_eq(ut_wait_code(h, 10000), 0, "the holder could not release after the restart");
+    pid_t n = ut_fork();
+    if (n == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "next", 0, &r, NULL, NULL, 5000))
+            _exit(10);
+        _exit(r.fence > fence1 ? 0 : 11);
+    }
+    cr_assert_eq(ut_wait_code(n, 10000), 0, "not free after release, or the fence went back");
+    cr_assert(s_file_has(d.log, "restored=1"), "no journal summary in the log");
+    s_daemon_stop(&d);
+}

@@ -150,7 +150,8 @@ int ul_state_load(const char *path, ul_state_lease **out, size_t *n, uint64_t *m
         return rc;
     }
     /* Drop the released ones: sort the release ids once, search each. */
-    qsort(rel, nrel, sizeof *rel, s_cmp_u64);
+    if (nrel)
+        qsort(rel, nrel, sizeof *rel, s_cmp_u64);
     size_t k = 0;
     for (size_t i = 0; i < nv; i++)
         if (!nrel || !bsearch(&v[i].lease, rel, nrel, sizeof *rel, s_cmp_u64))

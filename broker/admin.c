@@ -14,9 +14,10 @@
 #include "broker_internal.h"
 #include "ul_sys.h"
 
-#define S_MAX_WATCHERS     64
-#define S_MAX_KILLS        256
-#define S_LIST_HOLDERS_MAX 64
+#define S_MAX_WATCHERS             64
+#define S_MAX_WATCHERS_PER_PROCESS 4
+#define S_MAX_KILLS                256
+#define S_LIST_HOLDERS_MAX         64
 
 /* Histogram bucket upper bounds, microseconds. */
 static const uint64_t s_bounds_us[] = {
@@ -419,6 +420,15 @@ static void s_watch(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
         ul_broker_proc_maybe_forget(b, p);
         return;
     }
+    uint32_t mine = 0;
+    for (uint32_t i = 0; i < a->n_watchers; i++)
+        mine += a->watchers[i].pid == peer->pid;
+    if (mine >= S_MAX_WATCHERS_PER_PROCESS) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE,
+                              "too many watchers in this process");
+        ul_broker_proc_maybe_forget(b, p);
+        return;
+    }
     if (a->n_watchers >= S_MAX_WATCHERS) {
         ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE, "too many watchers");
         ul_broker_proc_maybe_forget(b, p);
@@ -445,8 +455,16 @@ static void s_emit(uvmlease_broker *b, ul_event *ev)
     rep.kind = UL_MSG_EVENT;
     ev->at_ms = ul_wall_ms();
     rep.event = *ev;
-    for (uint32_t i = 0; i < a->n_watchers; i++)
-        ul_broker_send(b, &a->watchers[i].route, &rep);
+    if (ul_broker_encode(b, &rep) != 0)
+        return;
+    /* Encoded once for every watcher; a watcher whose connection is gone
+     * is dropped. */
+    for (uint32_t i = 0; i < a->n_watchers;) {
+        if (ul_broker_send_raw(b, &a->watchers[i].route, b->out.data, b->out.len) == -1)
+            a->watchers[i] = a->watchers[--a->n_watchers];
+        else
+            i++;
+    }
 }
 
 static void s_event_from_lease(ul_event *e, ul_event_type t, const lt_lease *l)

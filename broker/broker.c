@@ -278,10 +278,23 @@ void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p)
 
 /* ---- sending ---------------------------------------------------------- */
 
-void ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
+int ul_broker_send_raw(uvmlease_broker *b, const broute *to, const void *data, size_t len)
 {
     if (!to || to->len == 0)
-        return;
+        return -1;
+    /* ZMQ_ROUTER_MANDATORY: a peer that is gone is reported (EHOSTUNREACH)
+     * instead of silently dropped; one over its high-water mark gets
+     * EAGAIN and the message is dropped: a client that stops reading
+     * cannot grow our memory. */
+    if (zmq_send(b->router, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return zmq_errno() == EHOSTUNREACH ? -1 : -2;
+    if (zmq_send(b->router, data, len, ZMQ_DONTWAIT) < 0)
+        return -2;
+    return 0;
+}
+
+int ul_broker_encode(uvmlease_broker *b, ul_reply *rep)
+{
     rep->version = UL_PROTO_VERSION;
     rep->instance = b->instance;
     b->out.len = 0;
@@ -291,13 +304,17 @@ void ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
         snprintf(code, sizeof code, "%d", rc);
         ul_log(&b->log, UL_LOG_ERROR, "cannot encode reply", "err", ul_status_name(rc), "code",
                code, NULL);
-        return;
     }
-    /* ROUTER drops messages for peers that are gone or over their high-
-     * water mark: a client that stops reading cannot grow our memory. */
-    if (zmq_send(b->router, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        return;
-    zmq_send(b->router, b->out.data, b->out.len, ZMQ_DONTWAIT);
+    return rc;
+}
+
+int ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
+{
+    if (!to || to->len == 0)
+        return -1;
+    if (ul_broker_encode(b, rep) != 0)
+        return -2;
+    return ul_broker_send_raw(b, to, b->out.data, b->out.len);
 }
 
 void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
@@ -921,10 +938,11 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     zmq_ctx_set(b->zctx, ZMQ_IO_THREADS, 1);
     zmq_ctx_set(b->zctx, ZMQ_BLOCKY, 0);
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
-    int linger = 0;
+    int linger = 0, mandatory = 1;
     int64_t maxmsg = UL_MAX_REQUEST;
     int hwm = 1000;
     if (!b->router || zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
+        zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) < 0 ||
         zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) < 0 ||
         zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm) < 0 ||
         zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm) < 0) {

@@ -97,7 +97,13 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
 void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p);
 /* Run maybe_forget on every process a table event touched. */
 void ul_broker_proc_check_idle(uvmlease_broker *b);
-void ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep);
+/* Encode rep into b->out (0 or a status, logged). */
+int ul_broker_encode(uvmlease_broker *b, ul_reply *rep);
+/* Send encoded bytes to a route: 0, -1 if the peer is gone, -2 if not sent
+ * (over its high-water mark). */
+int ul_broker_send_raw(uvmlease_broker *b, const broute *to, const void *data, size_t len);
+/* Encode and send: as ul_broker_send_raw, -2 also when encoding failed. */
+int ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep);
 void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
                            bool with_phases);
 void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what);

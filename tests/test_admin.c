@@ -633,3 +633,33 @@ Test(admin, revoke_names_a_lease_by_its_watched_child)
     kill(child, SIGKILL);
     s_stop();
 }
+
+Test(admin, watchers_are_bounded_per_process)
+{
+    const char *ep = s_start(NULL);
+    pid_t p = ut_fork();
+    if (p == 0) {
+        void *s[5];
+        for (int i = 0; i < 5; i++) {
+            s[i] = ut_dealer(ep);
+            ul_request q;
+            ul_reply r;
+            memset(&r, 0, sizeof r);
+            ut_req(&q, UL_OP_WATCH);
+            if (ut_call(s[i], &q, &r, 5000))
+                _exit(10);
+            if (r.err != (i < 4 ? 0u : (uint32_t)UVMLEASE_ERESOURCE))
+                _exit(11 + i);
+        }
+        _exit(0);
+    }
+    cr_assert_eq(ut_wait_code(p, 10000), 0);
+    /* Its watchers went with it: another process may watch. */
+    void *s = ut_dealer(ep);
+    ul_request q;
+    ul_reply r;
+    ut_req(&q, UL_OP_WATCH);
+    s_call_ok(s, &q, &r);
+    cr_assert_eq(r.err, 0);
+    s_stop();
+}

@@ -762,8 +762,13 @@ static size_t s_restore(uvmlease_broker *b, const ul_state_lease *v, size_t n)
         bproc *h = s_same_proc(b, r->pid, r->uid, r->start_time);
         bproc *c = r->child_pid ? s_same_proc(b, r->child_pid, r->uid, r->child_start) : NULL;
         bproc *owner = h ? h : c;
-        if (!owner)
+        if (!owner) {
+            /* The holder died while no broker ran: an abnormal release.
+             * Its in-flight host operations may still be settling. */
+            if (lt_quarantine(b->table, r->uvm, r->confidential, now) != 0)
+                ul_log(&b->log, UL_LOG_ERROR, "cannot quarantine", "uvm", r->uvm, NULL);
             continue;
+        }
         lt_restore_args a = {.uvm = r->uvm,
                              .confidential = r->confidential,
                              .label = r->label,

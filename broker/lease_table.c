@@ -1180,6 +1180,33 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
     return 0;
 }
 
+int lt_quarantine(lt_table *t, const char *uvm, bool confidential, uint64_t now)
+{
+    if (!t || !uvm)
+        return UVMLEASE_EINVAL;
+    size_t len;
+    int rc = s_check_uvm(uvm, &len);
+    if (rc)
+        return rc;
+    if (t->cfg.quarantine_ms == 0 || !s_excl_class(t, confidential))
+        return 0;
+    now = s_clock(t, now);
+    uint64_t h = s_siphash(t->key, uvm, len);
+    lt_uvm *u = s_uvm_lookup(t, uvm, len, h);
+    if (!u && !(u = s_uvm_create(t, uvm, len, h)))
+        return UVMLEASE_ENOMEM;
+    if (!u->class_set) {
+        u->class_set = true;
+        u->confidential = confidential;
+    }
+    /* Same bookkeeping as after an abnormal release: the list stays in
+     * expiry order because now never goes back. */
+    ul_list_remove(&u->quar_link);
+    u->quarantine_until = s_sat_add(now, t->cfg.quarantine_ms);
+    ul_list_insert_tail(&t->quar, &u->quar_link);
+    return 0;
+}
+
 int lt_cancel(lt_table *t, lt_owner *o, uint64_t rid, uint64_t now)
 {
     if (!t || !o)

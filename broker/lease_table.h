@@ -308,6 +308,14 @@ typedef struct lt_restore_args {
  */
 int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now);
 
+/*
+ * Start a quarantine on a UVM as an abnormal release would (when
+ * quarantine_ms > 0 and the class is exclusive; otherwise nothing): used
+ * at restart for a journalled holder that died while no broker ran.
+ * Creates the entry if missing. 0, EINVAL, EBADUVM or ENOMEM.
+ */
+int lt_quarantine(lt_table *t, const char *uvm, bool confidential, uint64_t now);
+
 /* Cancel the owner's queued acquire `rid`. 0 (FAILED event, ECANCELLED) or
  * ENOTWAITING. */
 int lt_cancel(lt_table *t, lt_owner *o, uint64_t rid, uint64_t now);

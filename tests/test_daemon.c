@@ -544,3 +544,47 @@ Test(daemon, restart_keeps_live_leases)
     cr_assert(s_file_has(d.log, "restored=1"), "no journal summary in the log");
     s_daemon_stop(&d);
 }
+
+/* A holder that dies while no broker runs is an abnormal release: with a
+ * quarantine configured, the restarted broker keeps its UVM locked. */
+Test(daemon, holder_dead_during_restart_is_quarantined)
+{
+    daemon_proc d;
+    s_daemon_start(&d, (char *[]){"--quarantine-ms", "60000", NULL});
+    ut_chan held;
+    ut_chan_open(&held);
+    pid_t g = ut_fork();
+    if (g == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "dies", UL_TIMEOUT_FOREVER, &r, NULL, NULL, 5000))
+            _exit(10);
+        ut_chan_put(&held, 'G');
+        pause();
+        _exit(0);
+    }
+    cr_assert_eq(ut_chan_get(&held, 30000), 'G');
+    kill(d.pid, SIGKILL);
+    cr_assert_eq(ut_wait_code(d.pid, 10000), 1000 + SIGKILL);
+    kill(g, SIGKILL);
+    cr_assert_eq(ut_wait_code(g, 10000), 1000 + SIGKILL);
+    d.pid = s_spawn(d.dir, d.log, (char *[]){"--quarantine-ms", "60000", NULL});
+    cr_assert(s_ping(d.ep, 10000), "restarted uvmleased did not answer");
+    pid_t t = ut_fork();
+    if (t == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "next", 0, &r, NULL, NULL, 5000) != UVMLEASE_EBUSY)
+            _exit(10);
+        ul_request q;
+        ut_req(&q, UL_OP_LIST);
+        if (ut_call(s, &q, &r, 5000) || r.err || r.n_uvms != 1 || r.uvms[0].n_holders != 0 ||
+            r.uvms[0].quarantine_ms_left == 0)
+            _exit(11);
+        _exit(0);
+    }
+    cr_assert_eq(ut_wait_code(t, 10000), 0, "the dead holder's UVM was not quarantined");
+    s_daemon_stop(&d);
+}

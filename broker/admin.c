@@ -259,14 +259,16 @@ static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *re
         rep.more = first + page < n;
         /* Long labels on many holders can exceed a reply frame: halve the
          * page until it fits; the client asks for the rest with "after". */
+        /* Encoded here, not through ul_broker_encode: too-large is an
+         * expected answer (halve the page), not an error to log. */
         rep.version = UL_PROTO_VERSION;
         rep.instance = b->instance;
         b->out.len = 0;
         int rc = ul_reply_encode(&rep, &b->out);
         bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
         if (fits || limit == 1) {
-            if (fits)
-                ul_broker_send(b, peer->route, &rep);
+            if (fits) /* already encoded: send those bytes */
+                ul_broker_send_raw(b, peer->route, b->out.data, b->out.len);
             else
                 ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
             free(rep.uvms);

@@ -652,23 +652,36 @@ static int request_from_obj(const msgpack_object *root, ul_request *out)
     return fields_decode(root, fs->f, fs->n, out);
 }
 
-int ul_request_decode(const void *buf, size_t len, ul_request *out)
+/* The one decode path: bound the bytes (ul_mp_check) before msgpack-c
+ * sees them, unpack into a zone, hand the object to from_obj. */
+static int decode_with(const void *buf, size_t len, const ul_mp_limits *lim,
+                       int (*from_obj)(const msgpack_object *root, void *out), void *out)
 {
-    if (!out)
-        return UVMLEASE_EINVAL;
-    memset(out, 0, sizeof *out);
-    int rc = ul_mp_check(buf, len, &ul_limits_request);
+    int rc = ul_mp_check(buf, len, lim);
     if (rc)
         return rc;
-
     msgpack_zone zone;
     if (!msgpack_zone_init(&zone, UL_ZONE_CHUNK))
         return UVMLEASE_ENOMEM;
     msgpack_object root;
     rc = unpack_checked(buf, len, &zone, &root);
     if (!rc)
-        rc = request_from_obj(&root, out);
+        rc = from_obj(&root, out);
     msgpack_zone_destroy(&zone);
+    return rc;
+}
+
+static int request_from_obj_cb(const msgpack_object *root, void *out)
+{
+    return request_from_obj(root, out);
+}
+
+int ul_request_decode(const void *buf, size_t len, ul_request *out)
+{
+    if (!out)
+        return UVMLEASE_EINVAL;
+    memset(out, 0, sizeof *out);
+    int rc = decode_with(buf, len, &ul_limits_request, request_from_obj_cb, out);
 
     if (rc) {
         uint64_t rid = out->rid;
@@ -965,23 +978,17 @@ static int reply_from_obj(const msgpack_object *root, ul_reply *r)
     }
 }
 
+static int reply_from_obj_cb(const msgpack_object *root, void *out)
+{
+    return reply_from_obj(root, out);
+}
+
 int ul_reply_decode(const void *buf, size_t len, ul_reply *out)
 {
     if (!out)
         return UVMLEASE_EINVAL;
     memset(out, 0, sizeof *out);
-    int rc = ul_mp_check(buf, len, &ul_limits_reply);
-    if (rc)
-        return rc;
-
-    msgpack_zone zone;
-    if (!msgpack_zone_init(&zone, UL_ZONE_CHUNK))
-        return UVMLEASE_ENOMEM;
-    msgpack_object root;
-    rc = unpack_checked(buf, len, &zone, &root);
-    if (!rc)
-        rc = reply_from_obj(&root, out);
-    msgpack_zone_destroy(&zone);
+    int rc = decode_with(buf, len, &ul_limits_reply, reply_from_obj_cb, out);
     if (rc)
         ul_reply_free(out);
     return rc;

@@ -257,6 +257,7 @@ static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *re
             used += rep.uvms[i].n_holders;
         }
         rep.more = first + page < n;
+        snprintf(rep.journal, sizeof rep.journal, "%s", ul_persist_healthy(b) ? "ok" : "failing");
         /* Long labels on many holders can exceed a reply frame: halve the
          * page until it fits; the client asks for the rest with "after". */
         /* Encoded here, not through ul_broker_encode: too-large is an
@@ -353,7 +354,7 @@ static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
         return;
     }
     const lt_stats *st = lt_stats_get(b->table);
-    ul_counter counters[64];
+    ul_counter counters[128];
     ul_histogram hists[8];
     uint32_t nc = 0, nh = 0;
     s_counter(counters, &nc, "grants_total", NULL, NULL, st->grants);
@@ -373,6 +374,12 @@ static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
     s_counter(counters, &nc, "waiters", NULL, NULL, st->waiters);
     s_counter(counters, &nc, "uvms", NULL, NULL, st->uvms);
     s_counter(counters, &nc, "processes", NULL, NULL, b->n_procs);
+    s_counter(counters, &nc, "journal_healthy", NULL, NULL, ul_persist_healthy(b) ? 1 : 0);
+    s_counter(counters, &nc, "journal_write_failures_total", NULL, NULL,
+              ul_journal_write_failures(b->journal));
+    s_counter(counters, &nc, "journal_slots", NULL, NULL, ul_journal_slots(b->journal));
+    s_counter(counters, &nc, "journal_slots_used", NULL, NULL, ul_journal_used(b->journal));
+    s_counter(counters, &nc, "grants_held_back_total", NULL, NULL, st->persist_failures);
     s_hist(hists, &nh, "wait_seconds", NULL, NULL, &a->wait);
     s_hist(hists, &nh, "hold_seconds", NULL, NULL, &a->hold);
     s_hist(hists, &nh, "handoff_seconds", NULL, NULL, &a->handoff);

@@ -345,67 +345,6 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
     }
 }
 
-/* ---- journal ------------------------------------------------------------ */
-
-static void s_journal_failed(uvmlease_broker *b)
-{
-    if (!b->state_failed) {
-        b->state_failed = true;
-        ul_log(&b->log, UL_LOG_ERROR, "cannot write the lease journal", "path", b->state.path,
-               "err", strerror(errno), NULL);
-    }
-}
-
-static void s_lease_record(const lt_lease *l, ul_state_lease *r)
-{
-    memset(r, 0, sizeof *r);
-    const lt_owner *o = l->owner ? l->owner : l->child;
-    r->lease = l->id;
-    r->fence = l->fence;
-    r->rid = l->rid;
-    r->pid = o ? o->id.pid : l->pid;
-    r->uid = o ? o->id.uid : 0;
-    r->start_time = o ? o->id.start_time : 0;
-    r->confidential = l->uvm->confidential;
-    snprintf(r->uvm, sizeof r->uvm, "%s", l->uvm->id);
-    snprintf(r->label, sizeof r->label, "%s", l->label);
-    if (l->owner && l->child) {
-        r->child_pid = l->child->id.pid;
-        r->child_start = l->child->id.start_time;
-    }
-}
-
-void ul_broker_journal_child(uvmlease_broker *b, uint64_t lease, const bproc *child)
-{
-    if (ul_state_child(&b->state, lease, child->pid, child->start_time))
-        s_journal_failed(b);
-}
-
-/* Rewrite the journal with the leases held now: it only ever grows
- * otherwise. */
-static int s_journal_rewrite(uvmlease_broker *b)
-{
-    const lt_stats *st = lt_stats_get(b->table);
-    size_t cap = st->holders ? st->holders : 1, n = 0;
-    ul_state_lease *v = calloc(cap, sizeof *v);
-    if (!v)
-        return UVMLEASE_ENOMEM;
-    for (lt_uvm *u = lt_uvm_first(b->table); u; u = lt_uvm_next(b->table, u))
-        for (ul_list *pos = u->holders.next; pos != &u->holders && n < cap; pos = pos->next)
-            s_lease_record(ul_container_of(pos, lt_lease, uvm_link), &v[n++]);
-    int rc = ul_state_rewrite(&b->state, b->state.path, v, n);
-    free(v);
-    return rc;
-}
-
-static void s_journal_maybe_compact(uvmlease_broker *b)
-{
-    const lt_stats *st = lt_stats_get(b->table);
-    if (b->state.records > 4096 && b->state.records > 4 * (st->holders + 1) &&
-        s_journal_rewrite(b) != 0)
-        s_journal_failed(b);
-}
-
 /* ---- table events ------------------------------------------------------ */
 
 /* A lease or waiter of o ended inside a table call: count it, and look at
@@ -441,10 +380,6 @@ static void s_on_event(void *ctx, const lt_event *ev)
         ul_log(&b->log, UL_LOG_INFO, "grant", "uvm", l->uvm->id, "pid", pidbuf, "comm",
                o ? o->id.comm : "", "label", l->label, "lease", lease, "fence", fence, "waited_ms",
                dur, NULL);
-        ul_state_lease rec;
-        s_lease_record(l, &rec);
-        if (ul_state_grant(&b->state, &rec))
-            s_journal_failed(b);
         if (ev->waiter) {
             ul_reply rep;
             memset(&rep, 0, sizeof rep);
@@ -500,8 +435,7 @@ static void s_on_event(void *ctx, const lt_event *ev)
             snprintf(rep.reason, sizeof rep.reason, "%s", lt_reason_name(ev->reason));
             ul_broker_send(b, l->user, &rep);
         }
-        if (ul_state_release(&b->state, l->id))
-            s_journal_failed(b);
+        ul_persist_release(b, l->id);
         free(l->user);
         l->user = NULL;
         s_proc_inactive(b, l->owner);
@@ -697,9 +631,12 @@ static void *s_run(void *arg)
         uint64_t now = ul_now_ms();
         uint64_t next = lt_tick(b->table, now);
         uint64_t next2 = ul_broker_timers(b, now);
+        uint64_t next3 = ul_persist_tick(b, now);
         ul_broker_proc_check_idle(b);
         if (next2 < next)
             next = next2;
+        if (next3 < next)
+            next = next3;
         long timeout = -1;
         if (next != LT_NEVER)
             timeout = next > now ? (long)(next - now) : 0;
@@ -729,71 +666,9 @@ static void *s_run(void *arg)
                 if (!s_recv_one(b))
                     break;
             ul_broker_proc_check_idle(b);
-            s_journal_maybe_compact(b);
         }
     }
     return NULL;
-}
-
-/* ---- restore ----------------------------------------------------------- */
-
-/* A journalled process still alive as the same process (pid and start
- * time), tracked; NULL otherwise. */
-static bproc *s_same_proc(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64_t start)
-{
-    int err = 0;
-    bproc *p = pid ? ul_broker_proc_get(b, pid, uid, &err) : NULL;
-    if (p && p->start_time != start) {
-        ul_broker_proc_maybe_forget(b, p); /* the pid was reused */
-        return NULL;
-    }
-    return p;
-}
-
-/* Put back every journalled lease whose holder (or watched child) still
- * runs. A lease whose processes are all gone is not restored: its holder
- * exited while no broker ran. Returns how many were restored. */
-static size_t s_restore(uvmlease_broker *b, const ul_state_lease *v, size_t n)
-{
-    size_t restored = 0;
-    uint64_t now = ul_now_ms();
-    for (size_t i = 0; i < n; i++) {
-        const ul_state_lease *r = &v[i];
-        bproc *h = s_same_proc(b, r->pid, r->uid, r->start_time);
-        bproc *c = r->child_pid ? s_same_proc(b, r->child_pid, r->uid, r->child_start) : NULL;
-        bproc *owner = h ? h : c;
-        if (!owner) {
-            /* The holder died while no broker ran: an abnormal release.
-             * Its in-flight host operations may still be settling. */
-            if (lt_quarantine(b->table, r->uvm, r->confidential, now) != 0)
-                ul_log(&b->log, UL_LOG_ERROR, "cannot quarantine", "uvm", r->uvm, NULL);
-            continue;
-        }
-        lt_restore_args a = {.uvm = r->uvm,
-                             .confidential = r->confidential,
-                             .label = r->label,
-                             .rid = r->rid,
-                             .lease_id = r->lease,
-                             .fence = r->fence};
-        char id[24];
-        s_u64(id, sizeof id, r->lease);
-        int rc = lt_restore(b->table, owner->owner, &a, now);
-        if (rc == 0 && h && c && lt_attach_child(b->table, h->owner, r->lease, c->owner) != 0)
-            rc = UVMLEASE_EINTERNAL;
-        if (rc) {
-            ul_log(&b->log, UL_LOG_ERROR, "cannot restore lease", "uvm", r->uvm, "lease", id, "err",
-                   ul_status_name(rc), NULL);
-            continue;
-        }
-        owner->n_active++;
-        restored++;
-        char pidbuf[16];
-        snprintf(pidbuf, sizeof pidbuf, "%u", owner->pid);
-        ul_log(&b->log, UL_LOG_INFO, "restored", "uvm", r->uvm, "pid", pidbuf, "label", r->label,
-               "lease", id, NULL);
-    }
-    ul_broker_proc_check_idle(b);
-    return restored;
 }
 
 /* ---- start / stop ------------------------------------------------------ */
@@ -820,7 +695,7 @@ static void s_free(uvmlease_broker *b)
         free(b->procs);
     }
     ul_broker_admin_free(b);
-    ul_state_close(&b->state);
+    ul_persist_close(b);
     lt_free(&b->table);
     ul_runtime_close(&b->rt);
     if (b->stop_efd >= 0)
@@ -833,23 +708,15 @@ static void s_free(uvmlease_broker *b)
     free(b);
 }
 
-int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **out,
-                          pid_t *other_pid, char *err, size_t errsz)
+/* A broker with its configuration copied and nothing opened yet. */
+static uvmlease_broker *s_new(const uvmlease_broker_config *cfg)
 {
-    if (errsz)
-        err[0] = '\0';
-    if (other_pid)
-        *other_pid = 0;
-    *out = NULL;
     uvmlease_broker *b = calloc(1, sizeof *b);
-    if (!b) {
-        snprintf(err, errsz, "out of memory");
-        return UVMLEASE_ENOMEM;
-    }
+    if (!b)
+        return NULL;
     b->stop_efd = -1;
     b->epfd = -1;
     b->rt.lock_fd = -1;
-    b->state.fd = -1;
     b->cfg = *cfg;
     b->socket_group = s_strdup_or_null(cfg->socket_group);
     b->admin_group_name = s_strdup_or_null(cfg->admin_group);
@@ -857,6 +724,7 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     b->cfg.endpoint = NULL;
     b->cfg.socket_group = b->socket_group;
     b->cfg.admin_group = b->admin_group_name;
+    b->max_leases = cfg->max_leases ? cfg->max_leases : UL_MAX_ACTIVE_TOTAL;
     b->log.min_level = cfg->log_level;
     b->log.sink = cfg->log_sink;
     b->log.ctx = cfg->log_ctx;
@@ -866,51 +734,50 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     b->reject_tokens = S_REJECT_BURST;
     b->reject_refill_at = ul_now_ms();
     b->wall_base_ms = ul_wall_ms() - ul_now_ms();
+    return b;
+}
 
-    if (cfg->admin_group) {
-        gid_t g;
-        if (ul_resolve_group(cfg->admin_group, &g) < 0) {
-            snprintf(err, errsz, "unknown admin group '%s'", cfg->admin_group);
-            s_free(b);
-            return UVMLEASE_EINVAL;
-        }
-        b->admin_gid = g;
-        b->have_admin_gid = true;
-    }
+static void s_log_journal(uvmlease_broker *b, const ul_journal_load *ld, size_t restored)
+{
+    if (ld->created && !ld->n)
+        return;
+    char r[24], d[24], torn[24], bad[24], sup[24];
+    s_u64(r, sizeof r, restored);
+    s_u64(d, sizeof d, ld->n - restored);
+    s_u64(torn, sizeof torn, ld->torn);
+    s_u64(bad, sizeof bad, ld->invalid);
+    s_u64(sup, sizeof sup, ld->superseded);
+    bool warn = ld->torn || ld->invalid || ld->header_lost;
+    ul_log(&b->log, warn ? UL_LOG_WARN : UL_LOG_INFO, "journal read", "path",
+           ul_journal_path(b->journal), "restored", r, "holder_gone", d, "torn_rolled_back", torn,
+           "invalid_dropped", bad, "superseded", sup, "header", ld->header_lost ? "lost" : "ok",
+           NULL);
+}
 
-    int rc = ul_runtime_open(&b->rt, cfg->runtime_dir, cfg->endpoint, cfg->socket_group, other_pid,
-                             err, errsz);
-    if (rc) {
-        s_free(b);
+/* The journal, the lease table above its high-water marks, and the
+ * leases whose holders still run. */
+static int s_open_state(uvmlease_broker *b, char *err, size_t errsz)
+{
+    ul_journal_load ld;
+    int rc = ul_persist_open(b, &ld, err, errsz);
+    if (rc)
         return rc;
-    }
-
-    /* Leases an earlier instance granted whose holders may still run. */
-    snprintf(b->state.path, sizeof b->state.path, "%s.state", b->rt.sock_path);
-    ul_state_lease *saved = NULL;
-    size_t n_saved = 0, n_bad = 0;
-    uint64_t max_lease = 0, max_fence = 0;
-    if (ul_state_load(b->state.path, &saved, &n_saved, &max_lease, &max_fence, &n_bad) != 0) {
-        snprintf(err, errsz, "cannot read the lease journal %s: %s", b->state.path,
-                 strerror(errno));
-        s_free(b);
-        return UVMLEASE_ESYSTEM;
-    }
-
-    /* Lease ids and fences only go up, across broker instances too: start
-     * above the wall clock in microseconds and above the journal. */
+    /* Lease ids and fences only go up, across broker instances too: above
+     * the journal's marks, and above the wall clock in microseconds for a
+     * journal lost with the host's tmpfs. */
     uint64_t floor = ul_wall_us();
     lt_config tc = {
-        .serialize = cfg->serialize,
-        .max_active = cfg->max_active,
-        .quarantine_ms = cfg->quarantine_ms,
-        .hold_warn_ms = cfg->hold_warn_ms,
-        .fence_floor = floor > max_fence ? floor : max_fence,
-        .lease_id_floor = floor > max_lease ? floor : max_lease,
+        .serialize = b->cfg.serialize,
+        .max_active = b->cfg.max_active,
+        .quarantine_ms = b->cfg.quarantine_ms,
+        .hold_warn_ms = b->cfg.hold_warn_ms,
+        .fence_floor = floor > ld.fence_hw ? floor : ld.fence_hw,
+        .lease_id_floor = floor > ld.lease_hw ? floor : ld.lease_hw,
         /* Peers choose UVM ids: a secret hash key keeps them from
          * crafting collisions. */
         .hash_key = {ul_random64(), ul_random64()},
         .on_event = s_on_event,
+        .persist = ul_persist_grant,
         .ctx = b,
     };
     b->table = lt_new(&tc);
@@ -919,27 +786,17 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
     b->zctx = zmq_ctx_new();
     if (!b->table || b->stop_efd < 0 || b->epfd < 0 || !b->zctx) {
         snprintf(err, errsz, "cannot allocate broker resources: %s", strerror(errno));
-        free(saved);
-        s_free(b);
+        free(ld.recs);
         return UVMLEASE_ESYSTEM;
     }
-    size_t restored = s_restore(b, saved, n_saved);
-    free(saved);
-    saved = NULL;
-    if (s_journal_rewrite(b) != 0) {
-        snprintf(err, errsz, "cannot write the lease journal %s: %s", b->state.path,
-                 strerror(errno));
-        s_free(b);
-        return UVMLEASE_ESYSTEM;
-    }
-    if (n_saved || n_bad) {
-        char r[24], d[24], bad[24];
-        s_u64(r, sizeof r, restored);
-        s_u64(d, sizeof d, n_saved - restored);
-        s_u64(bad, sizeof bad, n_bad);
-        ul_log(&b->log, n_bad ? UL_LOG_WARN : UL_LOG_INFO, "journal read", "path", b->state.path,
-               "restored", r, "holder_gone", d, "bad_lines", bad, NULL);
-    }
+    size_t restored = ul_persist_restore(b, &ld);
+    s_log_journal(b, &ld, restored);
+    free(ld.recs);
+    return 0;
+}
+
+static int s_open_socket(uvmlease_broker *b, char *err, size_t errsz)
+{
     zmq_ctx_set(b->zctx, ZMQ_IO_THREADS, 1);
     zmq_ctx_set(b->zctx, ZMQ_BLOCKY, 0);
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -952,33 +809,68 @@ int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **o
         zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm) < 0 ||
         zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm) < 0) {
         snprintf(err, errsz, "cannot create socket: %s", zmq_strerror(zmq_errno()));
-        s_free(b);
         return UVMLEASE_ESYSTEM;
     }
     if (zmq_bind(b->router, b->rt.endpoint) < 0) {
         snprintf(err, errsz, "cannot bind %s: %s", b->rt.endpoint, zmq_strerror(zmq_errno()));
-        s_free(b);
         return UVMLEASE_ESYSTEM;
     }
-    rc = ul_runtime_secure_socket(&b->rt, err, errsz);
+    return ul_runtime_secure_socket(&b->rt, err, errsz);
+}
+
+static int s_start(uvmlease_broker *b, const uvmlease_broker_config *cfg, pid_t *other_pid,
+                   char *err, size_t errsz)
+{
+    if (cfg->admin_group) {
+        gid_t g;
+        if (ul_resolve_group(cfg->admin_group, &g) < 0) {
+            snprintf(err, errsz, "unknown admin group '%s'", cfg->admin_group);
+            return UVMLEASE_EINVAL;
+        }
+        b->admin_gid = g;
+        b->have_admin_gid = true;
+    }
+    int rc = ul_runtime_open(&b->rt, cfg->runtime_dir, cfg->endpoint, cfg->socket_group, other_pid,
+                             err, errsz);
+    if (!rc)
+        rc = s_open_state(b, err, errsz);
+    if (!rc)
+        rc = s_open_socket(b, err, errsz);
+    if (!rc && pthread_create(&b->thread, NULL, s_run, b) != 0) {
+        snprintf(err, errsz, "cannot start broker thread");
+        rc = UVMLEASE_ESYSTEM;
+    }
+    return rc;
+}
+
+int uvmlease_broker_start(const uvmlease_broker_config *cfg, uvmlease_broker **out,
+                          pid_t *other_pid, char *err, size_t errsz)
+{
+    if (errsz)
+        err[0] = '\0';
+    if (other_pid)
+        *other_pid = 0;
+    *out = NULL;
+    uvmlease_broker *b = s_new(cfg);
+    if (!b) {
+        snprintf(err, errsz, "out of memory");
+        return UVMLEASE_ENOMEM;
+    }
+    int rc = s_start(b, cfg, other_pid, err, errsz);
     if (rc) {
         s_free(b);
         return rc;
     }
-    if (pthread_create(&b->thread, NULL, s_run, b) != 0) {
-        snprintf(err, errsz, "cannot start broker thread");
-        s_free(b);
-        return UVMLEASE_ESYSTEM;
-    }
-    char inst[24], pidbuf[16];
+    char inst[24], pidbuf[16], slots[24];
     snprintf(inst, sizeof inst, "%016llx", (unsigned long long)b->instance);
     snprintf(pidbuf, sizeof pidbuf, "%d", (int)getpid());
+    s_u64(slots, sizeof slots, b->max_leases);
     ul_log(&b->log, UL_LOG_INFO, "broker started", "endpoint", b->rt.endpoint, "instance", inst,
            "pid", pidbuf, "serialize",
            cfg->serialize == LT_SERIALIZE_ALL    ? "all"
            : cfg->serialize == LT_SERIALIZE_NONE ? "none"
                                                  : "confidential",
-           NULL);
+           "max_leases", slots, "journal", ul_journal_path(b->journal), NULL);
     *out = b;
     return 0;
 }

@@ -9,8 +9,9 @@
 /* Leases plus waiters one client process may have at once: a runaway or
  * hostile peer cannot grow the tables without bound. */
 #define UL_MAX_PER_PROCESS 1024
-/* Leases plus waiters on the whole host: bounds the broker's memory
- * (about 2 KiB each) whatever many processes do. */
+/* Leases plus waiters on the whole host, unless configured (max_leases):
+ * bounds the broker's memory whatever many processes do, and sizes the
+ * journal (1 KiB a lease, reserved at start). */
 #define UL_MAX_ACTIVE_TOTAL 16384
 
 #include <pthread.h>
@@ -20,7 +21,8 @@
 
 #include "lease_table.h"
 #include "runtime.h"
-#include "state.h"
+#include "journal.h"
+#include "persist.h"
 #include "ul_log.h"
 #include "ul_proto.h"
 #include "uvmlease_broker.h"
@@ -80,8 +82,12 @@ struct uvmlease_broker {
     ul_list check; /* processes a table event may have left idle */
 
     ul_buf out;        /* reused for every outgoing message */
-    ul_state state;    /* the lease journal beside the socket */
-    bool state_failed; /* a journal write failed (logged once) */
+    uint32_t max_leases; /* leases plus waiters on the host */
+    ul_journal *journal; /* in the runtime directory */
+    bool journal_failing; /* exclusive grants suspended until a write works */
+    uint64_t journal_failing_since, journal_retry_at, journal_nag_at;
+    uint64_t *child_pending; /* leases whose child record waits for a retry */
+    size_t n_child_pending, child_pending_cap;
 
     uint64_t reject_tokens;
     uint64_t reject_refill_at;
@@ -109,8 +115,6 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
 void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what);
 uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms);
 
-/* broker.c: journal */
-void ul_broker_journal_child(uvmlease_broker *b, uint64_t lease, const bproc *child);
 
 /* ops.c */
 void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len);

@@ -46,6 +46,7 @@ struct lt_table {
     uint64_t seq;
     uint64_t now;
     uint64_t active_excl; /* exclusive leases held, for the cap */
+    bool suspended;       /* exclusive grants stopped: their record cannot be written */
     s_htab uvms, leases, owners, lease_rids, waiter_rids;
     ul_list all_uvms; /* lt_uvm.all_link */
     ul_list warn;     /* lt_lease.warn_link */
@@ -289,8 +290,8 @@ static lt_waiter *s_head(lt_uvm *u)
 /* Exclusive, waiters queued, and nothing but (possibly) the cap in the way. */
 static bool s_uvm_ready(const lt_table *t, const lt_uvm *u)
 {
-    return u->n_waiters > 0 && u->n_holders == 0 && u->quarantine_until == 0 && !u->draining &&
-           s_uvm_exclusive(t, u);
+    return !t->suspended && u->n_waiters > 0 && u->n_holders == 0 && u->quarantine_until == 0 &&
+           !u->draining && s_uvm_exclusive(t, u);
 }
 
 static bool s_ring_has(const lt_owner *o, uint64_t id)
@@ -611,9 +612,9 @@ static lt_waiter *s_waiter_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
     return NULL;
 }
 
-/* Give l (rid, label, user already set) a new id and fence and hang it on
- * the UVM, the owner and the indexes. */
-static void s_lease_link(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, uint64_t now)
+/* Give l (rid, label, user already set) a new id and fence and the fields
+ * of a grant, without hanging it anywhere yet. */
+static void s_lease_fill(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, uint64_t now)
 {
     if (l->id == 0 || l->fence == 0) {
         l->id = ++t->lease_id;
@@ -629,6 +630,27 @@ static void s_lease_link(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, uint6
     l->granted_at = now;
     l->phase_at = now;
     l->n_phases = 0;
+}
+
+/*
+ * Ask the broker to record l before it is granted. An exclusive lease whose
+ * record cannot be written is not granted, and exclusive grants stop until
+ * lt_resume(); its id and fence are dropped (never seen by anyone). A
+ * shared lease is granted unrecorded.
+ */
+static bool s_persist(lt_table *t, lt_lease *l)
+{
+    if (!t->cfg.persist || t->cfg.persist(t->cfg.ctx, l) == 0 || !l->exclusive)
+        return true;
+    t->suspended = true;
+    t->stats.persist_failures++;
+    l->id = l->fence = 0;
+    return false;
+}
+
+/* Hang a filled lease on the UVM, the owner and the indexes. */
+static void s_lease_link(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o)
+{
     ul_list_insert_tail(&u->holders, &l->uvm_link);
     ul_list_insert_tail(&o->leases, &l->owner_link);
     if (t->cfg.hold_warn_ms > 0)
@@ -699,6 +721,7 @@ static void s_waiter_end(lt_table *t, lt_waiter *w, int err, uint64_t now)
     s_waiter_unlink(t, w);
     switch (err) {
     case UVMLEASE_ETIMEDOUT:
+    case UVMLEASE_EJOURNAL:
         t->stats.timeouts++;
         break;
     case UVMLEASE_ECANCELLED:
@@ -722,20 +745,26 @@ static void s_waiter_end(lt_table *t, lt_waiter *w, int err, uint64_t now)
     s_waiter_destroy(t, w);
 }
 
-static void s_grant_waiter(lt_table *t, lt_waiter *w, uint64_t now)
+/* Grant w its lease once the record is written; false (w stays queued,
+ * grants suspended) when it cannot be. */
+static bool s_grant_waiter(lt_table *t, lt_waiter *w, uint64_t now)
 {
     lt_uvm *u = w->uvm;
     lt_lease *l = w->spare;
-    w->spare = NULL;
-    s_waiter_unlink(t, w);
     l->rid = w->rid;
     memcpy(l->label, w->label, sizeof l->label);
     l->user = w->user;
     l->waited_ms = now - w->enqueued_at;
-    s_lease_link(t, u, l, w->owner, now);
+    s_lease_fill(t, u, l, w->owner, now);
+    if (!s_persist(t, l))
+        return false;
+    w->spare = NULL;
+    s_waiter_unlink(t, w);
+    s_lease_link(t, u, l, w->owner);
     s_ready_update(t, u);
     s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .waiter = w, .now = now});
     s_waiter_destroy(t, w);
+    return true;
 }
 
 /*
@@ -764,7 +793,7 @@ static void s_uvm_kick(lt_table *t, lt_uvm *u, uint64_t now)
 /* Hand free cap slots to the oldest ready waiters. */
 static void s_cap_dispatch(lt_table *t, uint64_t now)
 {
-    while (t->cfg.max_active > 0 && t->ready_n > 0 && s_cap_room(t)) {
+    while (t->cfg.max_active > 0 && !t->suspended && t->ready_n > 0 && s_cap_room(t)) {
         lt_uvm *u = t->ready[0];
         lt_waiter *w = s_head(u);
         if (w->deadline <= now) {
@@ -772,7 +801,8 @@ static void s_cap_dispatch(lt_table *t, uint64_t now)
             s_uvm_settle(t, u);
             continue;
         }
-        s_grant_waiter(t, w, now);
+        if (!s_grant_waiter(t, w, now))
+            break;
     }
 }
 
@@ -1065,11 +1095,14 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     if (u && u->class_set && !stale && u->confidential != a->confidential)
         return UVMLEASE_ECLASS;
     bool excl = s_excl_class(t, a->confidential);
-    bool now_ok = !excl || (s_cap_room(t) && (!u || stale));
+    bool now_ok = !excl || (!t->suspended && s_cap_room(t) && (!u || stale));
 
     if (!now_ok && a->timeout_ms == 0) {
         res->holder = u ? s_first_holder(u) : NULL;
         t->stats.busy_refusals++;
+        /* Free but ungrantable: the broker cannot record a grant. */
+        if (excl && t->suspended && (!u || stale || u->n_holders == 0))
+            return UVMLEASE_EJOURNAL;
         return UVMLEASE_EBUSY;
     }
 
@@ -1078,7 +1111,9 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     lt_lease *l = s_lease_alloc(t);
     lt_waiter *w = NULL;
     bool ok = l != NULL;
-    if (ok && !now_ok) {
+    /* A waiter is also needed when an immediate grant may fail to be
+     * recorded: the acquire then waits like any other. */
+    if (ok && (!now_ok || (excl && a->timeout_ms != 0 && t->cfg.persist))) {
         w = s_zalloc(t, sizeof *w);
         ok = w && (deadline == LT_NEVER || s_dl_reserve(t) == 0);
     }
@@ -1103,10 +1138,20 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         s_copy(l->label, label, UL_MAX_LABEL);
         l->user = a->user;
         l->waited_ms = 0;
-        s_lease_link(t, u, l, o, now);
-        s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .now = now});
-        res->lease = l;
-        return 0;
+        s_lease_fill(t, u, l, o, now);
+        if (s_persist(t, l)) {
+            s_lease_link(t, u, l, o);
+            s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .now = now});
+            s_free(t, w);
+            res->lease = l;
+            return 0;
+        }
+        if (!w) {
+            s_free(t, l);
+            s_uvm_settle(t, u);
+            t->stats.busy_refusals++;
+            return UVMLEASE_EJOURNAL;
+        }
     }
 
     w->rid = a->rid;
@@ -1175,7 +1220,8 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
         t->lease_id = a->lease_id;
     if (t->fence < a->fence)
         t->fence = a->fence;
-    s_lease_link(t, u, l, o, now);
+    s_lease_fill(t, u, l, o, now);
+    s_lease_link(t, u, l, o);
     t->stats.grants--; /* not a new grant */
     return 0;
 }
@@ -1409,7 +1455,10 @@ uint64_t lt_tick(lt_table *t, uint64_t now)
             break;
         lt_waiter *w = t->dl[0].w;
         lt_uvm *u = w->uvm;
-        s_waiter_end(t, w, UVMLEASE_ETIMEDOUT, now);
+        /* Waiting in vain because no grant can be recorded: say so. */
+        bool journal = t->suspended && u->n_holders == 0 && u->quarantine_until == 0 &&
+                       !u->draining && s_head(u) == w;
+        s_waiter_end(t, w, journal ? UVMLEASE_EJOURNAL : UVMLEASE_ETIMEDOUT, now);
         s_uvm_settle(t, u);
     }
     s_quar_expire(t, now);
@@ -1443,6 +1492,35 @@ uint64_t lt_tick(lt_table *t, uint64_t now)
         next = due < next ? due : next;
     }
     return next;
+}
+
+void lt_suspend(lt_table *t)
+{
+    if (t)
+        t->suspended = true;
+}
+
+bool lt_suspended(const lt_table *t)
+{
+    return t && t->suspended;
+}
+
+void lt_resume(lt_table *t, uint64_t now)
+{
+    if (!t || !t->suspended)
+        return;
+    now = s_clock(t, now);
+    t->suspended = false;
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &t->all_uvms)
+    {
+        s_uvm_kick(t, ul_container_of(pos, lt_uvm, all_link), now);
+    }
+    s_cap_dispatch(t, now);
+    ul_list_foreach_safe(pos, tmp, &t->all_uvms)
+    {
+        s_uvm_settle(t, ul_container_of(pos, lt_uvm, all_link));
+    }
 }
 
 lt_uvm *lt_uvm_first(lt_table *t)

@@ -110,7 +110,14 @@ typedef struct lt_config {
     uint64_t fence_floor;    /* every fence handed out is > this */
     uint64_t lease_id_floor; /* every lease id handed out is > this */
     void (*on_event)(void *ctx, const lt_event *ev);
-    void *ctx;
+    /* Called before a grant takes effect, with the lease filled in (id,
+     * fence, uvm, owner, rid, label, exclusive) but not yet linked; must not
+     * call back into the table. 0 grants it. Otherwise an exclusive lease
+     * is not granted (its waiter stays queued; an immediate acquire waits,
+     * or a try gets EJOURNAL) and exclusive grants are suspended until
+     * lt_resume(); a shared lease is granted anyway. NULL: always 0. */
+    int (*persist)(void *ctx, const lt_lease *l);
+    void *ctx; /* for on_event and persist */
     /* SipHash key for the hash tables. UVM ids are chosen by peers, so set
      * it from a random source to keep chains short against crafted ids; all
      * zero selects a fixed built-in key (predictable, fine for tests). */
@@ -225,10 +232,11 @@ typedef struct lt_stats {
     uint64_t exited_waiters; /* removed because their process exited */
     uint64_t overdue;
     uint64_t busy_refusals;
-    uint64_t holders; /* current */
-    uint64_t waiters; /* current */
-    uint64_t uvms;    /* current entries */
-    uint64_t owners;  /* current */
+    uint64_t holders;          /* current */
+    uint64_t waiters;          /* current */
+    uint64_t uvms;             /* current entries */
+    uint64_t owners;           /* current */
+    uint64_t persist_failures; /* exclusive grants held back: persist failed */
 } lt_stats;
 
 /* Create a table; NULL on out of memory, or when a floor is >= 2^63 (a
@@ -358,6 +366,17 @@ int lt_revoke(lt_table *t, const char *uvm, uint32_t pid, uint64_t now);
  * quarantines (granting waiters), flag overdue leases (OVERDUE). Returns
  * the next deadline (monotonic ms) or LT_NEVER. */
 uint64_t lt_tick(lt_table *t, uint64_t now);
+
+/*
+ * Suspend exclusive grants (safe inside on_event: it only sets a flag):
+ * waiters stay queued, tries on a free UVM get EJOURNAL, and a waiter whose
+ * deadline passes while it heads a free UVM fails with EJOURNAL instead of
+ * ETIMEDOUT. Shared grants go on. lt_resume() (never from a callback)
+ * grants what became grantable, in FIFO order.
+ */
+void lt_suspend(lt_table *t);
+void lt_resume(lt_table *t, uint64_t now);
+bool lt_suspended(const lt_table *t);
 
 /* Iterate UVM entries in creation order. */
 lt_uvm *lt_uvm_first(lt_table *t);

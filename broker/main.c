@@ -22,10 +22,10 @@ static void s_usage(FILE *f)
                "Arbitrates exclusive bring-up leases for confidential utility VMs.\n"
                "Runs in the foreground; SIGTERM or SIGINT stops it (stopping releases nothing).\n"
                "\n"
-               "  --runtime-dir DIR     socket, lock and state directory\n"
+               "  --runtime-dir DIR     private directory: lock, lease journal, socket\n"
                "                        (default /run/uvmlease as root, else\n"
                "                        $XDG_RUNTIME_DIR/uvmlease)\n"
-               "  --endpoint ipc://PATH socket elsewhere (lock file beside it)\n"
+               "  --endpoint ipc://PATH socket elsewhere (nothing else is put beside it)\n"
                "  --socket-group GROUP  group that may connect (directory and socket)\n"
                "  --admin-group GROUP   group allowed to drain and force releases\n"
                "  --serialize MODE      confidential (default) | all | none\n"
@@ -33,6 +33,10 @@ static void s_usage(FILE *f)
                "  --quarantine-ms MS    lock a UVM this long after an abnormal release (0)\n"
                "  --hold-warn-ms MS     flag leases held longer as overdue (300000)\n"
                "  --kill-grace-ms MS    force-release kill: SIGTERM to SIGKILL (5000)\n"
+               "  --max-leases N        leases plus waiters on the host (16384); sizes the\n"
+               "                        lease journal, 1 KiB each, reserved at start\n"
+               "  --force-journal       start although the journal is damaged in a way\n"
+               "                        that could hide a live lease (check holders first)\n"
                "  --log-level LEVEL     debug | info (default) | warn | error\n"
                "  --help, --version\n");
 }
@@ -69,6 +73,8 @@ int main(int argc, char **argv)
         O_WARN,
         O_GRACE,
         O_LOGLEVEL,
+        O_MAXLEASES,
+        O_FORCEJ,
         O_HELP,
         O_VERSION
     };
@@ -83,6 +89,8 @@ int main(int argc, char **argv)
         {"hold-warn-ms", required_argument, NULL, O_WARN},
         {"kill-grace-ms", required_argument, NULL, O_GRACE},
         {"log-level", required_argument, NULL, O_LOGLEVEL},
+        {"max-leases", required_argument, NULL, O_MAXLEASES},
+        {"force-journal", no_argument, NULL, O_FORCEJ},
         {"help", no_argument, NULL, O_HELP},
         {"version", no_argument, NULL, O_VERSION},
         {NULL, 0, NULL, 0},
@@ -142,6 +150,14 @@ int main(int argc, char **argv)
             cfg.log_level = (ul_log_level)l;
             break;
         }
+        case O_MAXLEASES:
+            if (s_parse_u64(optarg, 1048576, &v) < 0 || v == 0)
+                return s_bad("--max-leases", optarg, "expected a count from 1 to 1048576");
+            cfg.max_leases = (uint32_t)v;
+            break;
+        case O_FORCEJ:
+            cfg.force_journal = true;
+            break;
         case O_HELP:
             s_usage(stdout);
             return 0;

@@ -85,7 +85,7 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     bool known = lt_rid_known(b->table, p->owner, req->rid);
     const lt_stats *st = lt_stats_get(b->table);
     if (!known &&
-        (p->n_active >= UL_MAX_PER_PROCESS || st->holders + st->waiters >= UL_MAX_ACTIVE_TOTAL)) {
+        (p->n_active >= UL_MAX_PER_PROCESS || st->holders + st->waiters >= b->max_leases)) {
         bool mine = p->n_active >= UL_MAX_PER_PROCESS;
         ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE,
                               mine ? "too many leases and waiting acquires for one process"
@@ -209,7 +209,13 @@ static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_requ
         ul_broker_proc_maybe_forget(b, p);
         return;
     }
-    ul_broker_journal_child(b, req->lease, c);
+    /* The anchor holds in memory either way; the caller learns that a
+     * broker restart before the journal recovers would not keep it. */
+    if (ul_persist_child(b, req->lease, c) != 0) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_EJOURNAL,
+                              "the child is watched, but cannot be recorded yet");
+        return;
+    }
     s_reply_ok(b, peer, req);
 }
 
@@ -219,6 +225,7 @@ static void s_hello(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
     s_reply_init(&rep, req);
     rep.broker_pid = (uint32_t)getpid();
     snprintf(rep.server, sizeof rep.server, "uvmleased/%s", UL_VERSION);
+    snprintf(rep.journal, sizeof rep.journal, "%s", ul_persist_healthy(b) ? "ok" : "failing");
     ul_broker_send(b, peer->route, &rep);
 }
 

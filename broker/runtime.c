@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "uvmlease_errors.h"
@@ -79,8 +81,10 @@ static int s_prepare_dir(const ul_runtime *rt, const char *dir, char *err, size_
         errno = EPERM;
         return UVMLEASE_ESYSTEM;
     }
-    if (!created && (st.st_mode & 0002)) {
-        S_ERR("%s is writable by others (mode %04o)", dir, (unsigned)(st.st_mode & 07777));
+    if (!created && (st.st_mode & 0022)) {
+        S_ERR("%s is writable by group or others (mode %04o): the broker's state must be its "
+              "own",
+              dir, (unsigned)(st.st_mode & 07777));
         close(fd);
         errno = EPERM;
         return UVMLEASE_ESYSTEM;
@@ -101,9 +105,10 @@ static int s_prepare_dir(const ul_runtime *rt, const char *dir, char *err, size_
     return rc;
 }
 
-/* The directory of a socket placed with --endpoint: it also holds the lock
- * file. Others must not be able to replace either: owned by the broker or
- * root, and writable by others only with the sticky bit (like /tmp). */
+/* The directory of a socket placed with --endpoint: others must not be able
+ * to replace the socket: owned by the broker or root, and writable by others
+ * only with the sticky bit (like /tmp). Nothing else of the broker's lives
+ * there. */
 static int s_check_socket_dir(const char *sock_path, char *err, size_t errsz)
 {
     char dir[PATH_MAX];
@@ -128,6 +133,73 @@ static int s_check_socket_dir(const char *sock_path, char *err, size_t errsz)
     if ((st.st_mode & 0022) && !(st.st_mode & S_ISVTX)) {
         S_ERR("socket directory %s is writable by others without the sticky bit", dir);
         errno = EPERM;
+        return UVMLEASE_ESYSTEM;
+    }
+    return 0;
+}
+
+/* A file of the broker's own: regular, its uid, not writable by group or
+ * others, one link. Refused and named otherwise, never repaired. */
+static int s_check_own_file(int fd, const char *path, char *err, size_t errsz)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        S_ERR("cannot stat %s: %s", path, strerror(errno));
+        return UVMLEASE_ESYSTEM;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022) || st.st_nlink != 1) {
+        S_ERR("refusing %s: not a file of the broker's own (uid %u, mode %04o, %lu links)", path,
+              (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777), (unsigned long)st.st_nlink);
+        errno = EPERM;
+        return UVMLEASE_ESYSTEM;
+    }
+    return 0;
+}
+
+/*
+ * Binding an ipc endpoint unlinks whatever is at the path, so before that:
+ * a live broker answering there is left alone (EBUSY, its pid from the
+ * connection's peer credentials), and anything but a socket of the
+ * broker's own uid is refused. A dead broker's socket is removed.
+ */
+static int s_claim_socket(ul_runtime *rt, pid_t *other_pid, char *err, size_t errsz)
+{
+    struct stat st;
+    if (lstat(rt->sock_path, &st) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        S_ERR("cannot inspect %s: %s", rt->sock_path, strerror(errno));
+        return UVMLEASE_ESYSTEM;
+    }
+    if (!S_ISSOCK(st.st_mode) || st.st_uid != geteuid()) {
+        S_ERR("%s exists and is not a socket of the broker's user (uid %u): refusing to replace "
+              "it",
+              rt->sock_path, (unsigned)st.st_uid);
+        errno = EEXIST;
+        return UVMLEASE_ESYSTEM;
+    }
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", rt->sock_path);
+    if (s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        struct ucred cr = {0};
+        socklen_t cl = sizeof cr;
+        if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0 && other_pid)
+            *other_pid = cr.pid;
+        close(s);
+        S_ERR("another broker (pid %d) is serving %s", (int)cr.pid, rt->endpoint);
+        return UVMLEASE_EBUSY;
+    }
+    int e = errno;
+    if (s >= 0)
+        close(s);
+    if (s < 0 || e != ECONNREFUSED) {
+        S_ERR("cannot check %s for a live broker: %s", rt->sock_path, strerror(e));
+        errno = e;
+        return UVMLEASE_ESYSTEM;
+    }
+    if (unlink(rt->sock_path) < 0 && errno != ENOENT) {
+        S_ERR("cannot remove stale socket %s: %s", rt->sock_path, strerror(errno));
         return UVMLEASE_ESYSTEM;
     }
     return 0;
@@ -185,7 +257,13 @@ int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const
         }
     }
     snprintf(rt->endpoint, sizeof rt->endpoint, "ipc://%s", rt->sock_path);
-    snprintf(rt->lock_path, sizeof rt->lock_path, "%s.lock", rt->sock_path);
+    int ln = snprintf(rt->lock_path, sizeof rt->lock_path, "%.*s/broker.lock",
+                      (int)(sizeof rt->lock_path - 13), rt->dir);
+    if (ln < 0 || strlen(rt->dir) > sizeof rt->lock_path - 13) {
+        S_ERR("runtime directory path too long");
+        errno = ENAMETOOLONG;
+        return UVMLEASE_ESYSTEM;
+    }
 
     int rc = s_prepare_dir(rt, rt->dir, err, errsz);
     if (rc == 0 && endpoint && *endpoint)
@@ -193,10 +271,16 @@ int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const
     if (rc)
         return rc;
 
-    int fd = open(rt->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+    int fd = open(rt->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
-        S_ERR("cannot open lock %s: %s", rt->lock_path, strerror(errno));
+        S_ERR("cannot open lock %s: %s", rt->lock_path,
+              errno == ELOOP ? "it is a symbolic link" : strerror(errno));
         return UVMLEASE_ESYSTEM;
+    }
+    rc = s_check_own_file(fd, rt->lock_path, err, errsz);
+    if (rc) {
+        close(fd);
+        return rc;
     }
     /* An OFD lock belongs to this open file description: it conflicts even
      * with a second broker embedded in the same process. */
@@ -222,14 +306,12 @@ int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const
         /* Only the diagnostic of a second instance suffers. */
     }
     rt->lock_fd = fd;
-    /* We hold the lock, so whatever socket file is there is a dead
-     * broker's. */
-    if (unlink(rt->sock_path) < 0 && errno != ENOENT) {
-        S_ERR("cannot remove stale socket %s: %s", rt->sock_path, strerror(errno));
-        ul_runtime_close(rt);
-        return UVMLEASE_ESYSTEM;
+    rc = s_claim_socket(rt, other_pid, err, errsz);
+    if (rc) {
+        close(rt->lock_fd);
+        rt->lock_fd = -1;
     }
-    return 0;
+    return rc;
 }
 
 int ul_runtime_secure_socket(const ul_runtime *rt, char *err, size_t errsz)

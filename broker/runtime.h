@@ -14,7 +14,7 @@ typedef struct ul_runtime {
     char dir[PATH_MAX];       /* runtime directory */
     char sock_path[108];      /* sun_path limit */
     char endpoint[128];       /* "ipc://" + sock_path */
-    char lock_path[PATH_MAX]; /* sock_path + ".lock" */
+    char lock_path[PATH_MAX]; /* dir + "/broker.lock" */
     int lock_fd;              /* holds an OFD write lock while the broker runs */
     bool have_group;
     gid_t group; /* --socket-group */
@@ -28,9 +28,11 @@ int ul_runtime_default_dir(char *out, size_t outsz);
 int ul_resolve_group(const char *name, gid_t *out);
 
 /*
- * Prepare: resolve paths, create the directory (0750, group set when given),
- * and take the single-instance lock beside the socket, then remove a stale
- * socket file. On a held lock returns UVMLEASE_EBUSY with the holder's pid
+ * Prepare: resolve paths, create the directory (0750, group set when given;
+ * an existing one must be the broker's and not writable by group or
+ * others), take the single-instance lock in it, then check the socket path:
+ * a live broker answering there is EBUSY, anything but a dead socket of the
+ * broker's uid is refused, a dead socket is removed. On a held lock returns UVMLEASE_EBUSY with the holder's pid
  * in *other_pid (0 if unknown). Other errors: UVMLEASE_EBADENDPOINT,
  * UVMLEASE_ESYSTEM (errno set). err gets a one-line reason.
  * rt->lock_fd is -1 on failure.

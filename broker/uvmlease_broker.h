@@ -21,11 +21,14 @@
 typedef struct uvmlease_broker uvmlease_broker;
 
 typedef struct uvmlease_broker_config {
-    /* Directory for the socket, the lock file and state. NULL: /run/uvmlease
-     * as root, else $XDG_RUNTIME_DIR/uvmlease. Created 0750 if missing. */
+    /* The broker's private directory: lock file and lease journal, and the
+     * socket unless endpoint puts it elsewhere. NULL: /run/uvmlease as
+     * root, else $XDG_RUNTIME_DIR/uvmlease. Created 0750 if missing; an
+     * existing one must be the broker's and not writable by others. */
     const char *runtime_dir;
-    /* "ipc://PATH". NULL: ipc://<runtime_dir>/broker.sock. The single-
-     * instance lock sits beside the socket file (PATH.lock). */
+    /* "ipc://PATH". NULL: ipc://<runtime_dir>/broker.sock. Nothing but the
+     * socket is ever placed beside PATH; a live broker answering there, or
+     * a file that is not the broker's own socket, is refused. */
     const char *endpoint;
     /* Group allowed to connect (name or number); NULL: the broker's gid. */
     const char *socket_group;
@@ -36,6 +39,16 @@ typedef struct uvmlease_broker_config {
     uint64_t quarantine_ms; /* default 0 */
     uint64_t hold_warn_ms;  /* default 300000 */
     uint64_t kill_grace_ms; /* force-release kill: SIGTERM..SIGKILL, default 5000 */
+    /* Leases plus waiters the broker holds at once, host-wide; also sizes
+     * the lease journal (1 KiB per lease, reserved at start). 0: 16384. */
+    uint32_t max_leases;
+    /* Start even when the journal is damaged in a way that could hide a
+     * live lease (the operator has checked). Default false: refuse. */
+    bool force_journal;
+    /* Fault injection for tests: every journal write goes through this
+     * (pwrite semantics). NULL: pwrite. */
+    ssize_t (*journal_write)(void *ctx, int fd, const void *buf, size_t n, off_t off);
+    void *journal_write_ctx;
     ul_log_level log_level; /* default UL_LOG_INFO */
     ul_log_sink log_sink;   /* NULL: stderr */
     void *log_ctx;

@@ -231,6 +231,7 @@ static const field f_rep_reply[] = {
 static const field f_rep_hello[] = {
     RP("pid", FK_PID, 0, broker_pid),
     RP("server", FK_TEXT, 0, server),
+    RP("journal", FK_NAME0, F_OPT | F_OMIT0, journal),
 };
 static const field f_rep_queued[] = {RP("queued", FK_BOOL, 0, queued)};
 static const field f_rep_position[] = {RP("position", FK_U32NZ, 0, position)};
@@ -239,7 +240,10 @@ static const field f_rep_granted[] = {
     RP("fence", FK_U64NZ, 0, fence),
     RP("uvm", FK_UVM, 0, uvm),
 };
-static const field f_rep_more[] = {RP("more", FK_BOOL, 0, more)};
+static const field f_rep_more[] = {
+    RP("more", FK_BOOL, 0, more),
+    RP("journal", FK_NAME0, F_OPT | F_OMIT0, journal),
+};
 static const field f_rep_grant[] = {
     RP("rid", FK_U64NZ, 0, rid),
     RP("lease", FK_U64NZ, 0, lease),
@@ -1336,7 +1340,7 @@ static int payload_count(const ul_reply *r, uint32_t *n)
     switch (r->op) {
     case UL_OP_HELLO:
     case UL_OP_PING:
-        *n = NFIELDS(f_rep_hello);
+        *n = fields_count(f_rep_hello, NFIELDS(f_rep_hello), r);
         return 0;
     case UL_OP_ACQUIRE:
         *n = 1 + (r->queued ? NFIELDS(f_rep_position) : NFIELDS(f_rep_granted));
@@ -1344,7 +1348,7 @@ static int payload_count(const ul_reply *r, uint32_t *n)
     case UL_OP_LIST:
         if (r->n_uvms > UL_LIST_PAGE_MAX)
             return UVMLEASE_ELIMIT;
-        *n = 2;
+        *n = 1 + fields_count(f_rep_more, NFIELDS(f_rep_more), r);
         return 0;
     case UL_OP_SHOW:
         if (r->n_uvms != 1)

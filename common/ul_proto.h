@@ -238,6 +238,9 @@ typedef struct ul_reply {
     /* hello / ping */
     uint32_t broker_pid;
     char server[UL_MAX_CLIENT + 1];
+    /* hello / ping / list: "ok", or "failing" while the broker cannot
+     * record leases (exclusive grants suspended); "" if not sent */
+    char journal[UL_MAX_NAME + 1];
 
     /* list (n entries), show (one entry) */
     uint32_t n_uvms;

@@ -49,6 +49,8 @@
     X(ENOTIMPL, 43, "not-implemented", "operation not implemented by this broker")                 \
     X(EINTERNAL, 44, "internal", "internal broker error")                                          \
     X(ESHUTDOWN, 45, "shutdown", "the broker is shutting down")                                    \
+    X(EJOURNAL, 46, "journal-failing",                                                             \
+      "the broker cannot record leases: exclusive grants are suspended until it can")              \
     /* Client-side conditions (60-79): never sent on the wire. */                                  \
     X(ENOBROKER, 60, "no-broker", "no broker answered at the endpoint")                            \
     X(EINVAL, 61, "invalid-argument", "invalid argument")                                          \

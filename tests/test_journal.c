@@ -1,0 +1,618 @@
+// ctest-timeout: 120
+/*
+ * test_journal.c — the lease journal: what is written is read back exactly,
+ * releases cancel grants in any order, a record cut short is rolled back,
+ * the file never grows, the high-water marks survive, files that are not
+ * the broker's own are refused, damage that could hide a live lease stops
+ * start-up unless forced; and the broker fails closed when a journal write
+ * fails, then resumes by itself.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "journal.h"
+#include "testutil.h"
+#include "uvmlease_broker.h"
+#include "uvmlease_errors.h"
+
+TestSuite(journal, .timeout = 60);
+
+static void s_rec(ul_jrec *r, uint64_t id, const char *uvm, const char *label)
+{
+    memset(r, 0, sizeof *r);
+    r->lease = id;
+    r->fence = id + 1000;
+    r->rid = id + 7;
+    r->pid = 4000 + (uint32_t)id;
+    r->uid = 1000;
+    r->start_time = 123456 + id;
+    r->confidential = id % 2 == 1;
+    snprintf(r->uvm, sizeof r->uvm, "%s", uvm);
+    snprintf(r->label, sizeof r->label, "%s", label);
+}
+
+static ul_journal *s_open(const char *path, uint32_t slots, bool force, ul_journal_load *ld,
+                          int *rc)
+{
+    ul_journal *j = NULL;
+    char err[512] = "";
+    *rc = ul_journal_open(&j, path, slots, force, NULL, NULL, ld, err, sizeof err);
+    if (*rc && getenv("UL_TEST_VERBOSE"))
+        fprintf(stderr, "journal open: %s\n", err);
+    return j;
+}
+
+static ul_journal *s_open_ok(const char *path, uint32_t slots, ul_journal_load *ld)
+{
+    int rc;
+    ul_journal *j = s_open(path, slots, false, ld, &rc);
+    cr_assert_eq(rc, 0, "open %s: %s", path, ul_status_name(rc));
+    return j;
+}
+
+static const ul_jrec *s_find(const ul_journal_load *ld, uint64_t lease)
+{
+    for (size_t i = 0; i < ld->n; i++)
+        if (ld->recs[i].lease == lease)
+            return &ld->recs[i];
+    return NULL;
+}
+
+static void s_path(char *dir, char *path, size_t n, const char *tag)
+{
+    ut_tmpdir(tag, dir, 256);
+    snprintf(path, n, "%s/leases.journal", dir);
+}
+
+Test(journal, round_trip_exact)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jrt");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 32, &ld);
+    cr_assert(ld.created);
+    free(ld.recs);
+    ul_jrec a, b, c;
+    s_rec(&a, 1, "aaaa@vm",
+          "ctr one \"quoted\" \xc3\xbc"
+          "n\xc3\xaf"
+          "code");
+    s_rec(&b, 2, "bbbb@vm", "");
+    char longlabel[UL_MAX_LABEL + 1];
+    memset(longlabel, 'x', UL_MAX_LABEL);
+    longlabel[UL_MAX_LABEL] = '\0';
+    char longuvm[UL_MAX_UVM + 1];
+    memset(longuvm, 'u', UL_MAX_UVM);
+    longuvm[UL_MAX_UVM] = '\0';
+    s_rec(&c, 3, longuvm, longlabel);
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    cr_assert_eq(ul_journal_grant(j, &b), 0);
+    cr_assert_eq(ul_journal_grant(j, &c), 0);
+    a.child_pid = 777;
+    a.child_start = 888;
+    cr_assert_eq(ul_journal_child(j, &a), 0);
+    cr_assert_eq(ul_journal_release(j, 2), 0);
+    cr_assert_eq(ul_journal_used(j), 2);
+    ul_journal_close(&j);
+
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(sb.st_mode & 0777, 0600, "the journal is the broker's alone");
+    cr_assert_eq(sb.st_size, (off_t)(2 + 32) * UL_JOURNAL_SLOT, "size fixed at creation");
+
+    j = s_open_ok(path, 32, &ld);
+    cr_assert_eq(ld.n, 2);
+    cr_assert_eq(ld.torn + ld.invalid + ld.superseded, 0);
+    const ul_jrec *ra = s_find(&ld, 1), *rc3 = s_find(&ld, 3);
+    cr_assert(ra && rc3 && !s_find(&ld, 2));
+    cr_assert_eq(memcmp(ra, &a, sizeof a), 0, "every field of a comes back");
+    cr_assert_eq(memcmp(rc3, &c, sizeof c), 0, "longest id and label come back");
+    cr_assert_geq(ld.fence_hw, 1003);
+    cr_assert_geq(ld.lease_hw, 3);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+Test(journal, releases_in_any_order)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jord");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 8, &ld);
+    free(ld.recs);
+    ul_jrec r;
+    for (uint64_t id = 1; id <= 3; id++) {
+        s_rec(&r, id, "ord@vm", "x");
+        cr_assert_eq(ul_journal_grant(j, &r), 0);
+    }
+    cr_assert_eq(ul_journal_release(j, 3), 0);
+    cr_assert_eq(ul_journal_release(j, 1), 0);
+    ul_journal_close(&j);
+    j = s_open_ok(path, 8, &ld);
+    cr_assert_eq(ld.n, 1);
+    cr_assert_eq(ld.recs[0].lease, 2, "grants 1, 2, 3, releases 3 then 1: only 2 is held");
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* ---- injected write failures ------------------------------------------- */
+
+typedef struct s_fault {
+    atomic_int mode;  /* 0 pass, 1 fail (ENOSPC), 2 cut short after `cut` bytes */
+    atomic_int only4; /* fail only 4-byte writes (slot clears) */
+    size_t cut;
+    atomic_int writes;
+} s_fault;
+
+static ssize_t s_faulty(void *ctx, int fd, const void *buf, size_t n, off_t off)
+{
+    s_fault *f = ctx;
+    atomic_fetch_add(&f->writes, 1);
+    int mode = atomic_load(&f->mode);
+    if (mode == 0 || (atomic_load(&f->only4) && n != 4))
+        return pwrite(fd, buf, n, off);
+    if (mode == 2 && f->cut < n) {
+        ssize_t w = pwrite(fd, buf, f->cut, off);
+        errno = ENOSPC;
+        return w;
+    }
+    errno = ENOSPC;
+    return -1;
+}
+
+Test(journal, torn_record_rolled_back)
+{
+    char dir[256], path[320], err[512];
+    s_path(dir, path, sizeof path, "jtorn");
+    s_fault f = {.cut = 40};
+    ul_journal *j = NULL;
+    ul_journal_load ld;
+    cr_assert_eq(ul_journal_open(&j, path, 8, false, s_faulty, &f, &ld, err, sizeof err), 0, "%s",
+                 err);
+    free(ld.recs);
+    ul_jrec a, b;
+    s_rec(&a, 1, "kept@vm", "a");
+    s_rec(&b, 2, "torn@vm", "b");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    atomic_store(&f.mode, 2);
+    cr_assert_eq(ul_journal_grant(j, &b), UVMLEASE_ESYSTEM, "a short write is a failure");
+    cr_assert_not(ul_journal_healthy(j));
+    ul_journal_close(&j); /* as if the broker died here */
+
+    j = s_open_ok(path, 8, &ld);
+    cr_assert_eq(ld.torn, 1, "the fragment is recognised");
+    cr_assert_eq(ld.n, 1);
+    cr_assert_eq(ld.recs[0].lease, 1);
+    free(ld.recs);
+    ul_journal_close(&j);
+    j = s_open_ok(path, 8, &ld);
+    cr_assert_eq(ld.torn, 0, "and cleared: the next record does not land on it");
+    cr_assert_eq(ld.n, 1);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+Test(journal, failed_release_is_retried)
+{
+    char dir[256], path[320], err[512];
+    s_path(dir, path, sizeof path, "jrel");
+    s_fault f = {0};
+    ul_journal *j = NULL;
+    ul_journal_load ld;
+    cr_assert_eq(ul_journal_open(&j, path, 8, false, s_faulty, &f, &ld, err, sizeof err), 0);
+    free(ld.recs);
+    ul_jrec a;
+    s_rec(&a, 1, "rel@vm", "a");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    atomic_store(&f.mode, 1);
+    cr_assert_eq(ul_journal_release(j, 1), UVMLEASE_ESYSTEM);
+    cr_assert_neq(ul_journal_retry(j), 0, "still failing");
+    cr_assert_not(ul_journal_healthy(j));
+    atomic_store(&f.mode, 0);
+    cr_assert_eq(ul_journal_retry(j), 0);
+    cr_assert(ul_journal_healthy(j));
+    ul_journal_close(&j);
+    j = s_open_ok(path, 8, &ld);
+    cr_assert_eq(ld.n, 0, "the retried release reached the file");
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+Test(journal, child_copy_wins_over_old_record)
+{
+    char dir[256], path[320], err[512];
+    s_path(dir, path, sizeof path, "jcow");
+    s_fault f = {0};
+    ul_journal *j = NULL;
+    ul_journal_load ld;
+    cr_assert_eq(ul_journal_open(&j, path, 8, false, s_faulty, &f, &ld, err, sizeof err), 0);
+    free(ld.recs);
+    ul_jrec a;
+    s_rec(&a, 5, "cow@vm", "a");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    a.child_pid = 999;
+    a.child_start = 4242;
+    /* The new copy is written, clearing the old one fails: both are on
+     * disk, as after a crash between the two writes. */
+    atomic_store(&f.only4, 1);
+    atomic_store(&f.mode, 1);
+    cr_assert_eq(ul_journal_child(j, &a), 0);
+    ul_journal_close(&j);
+    j = s_open_ok(path, 8, &ld);
+    cr_assert_eq(ld.n, 1);
+    cr_assert_eq(ld.superseded, 1);
+    cr_assert_eq(ld.recs[0].child_pid, 999, "the newer copy (with the child) wins");
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+Test(journal, bounded_under_many_cycles)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jcyc");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 64, &ld);
+    free(ld.recs);
+    ul_jrec r;
+    uint64_t id = 0;
+    for (int i = 0; i < 50; i++) {
+        s_rec(&r, ++id, "held@vm", "held");
+        cr_assert_eq(ul_journal_grant(j, &r), 0);
+    }
+    for (int i = 0; i < 100000; i++) {
+        s_rec(&r, ++id, "cycle@vm", "c");
+        cr_assert_eq(ul_journal_grant(j, &r), 0);
+        cr_assert_eq(ul_journal_release(j, id), 0);
+    }
+    cr_assert_eq(ul_journal_used(j), 50);
+    ul_journal_close(&j);
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(sb.st_size, (off_t)(2 + 64) * UL_JOURNAL_SLOT, "never grows");
+    j = s_open_ok(path, 64, &ld);
+    cr_assert_eq(ld.n, 50, "exactly the held leases come back");
+    for (uint64_t k = 1; k <= 50; k++)
+        cr_assert(s_find(&ld, k));
+    cr_assert_geq(ld.fence_hw, id + 1000, "the marks cover every fence ever written");
+    cr_assert_geq(ld.lease_hw, id);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+Test(journal, marks_survive_with_nothing_held)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jhw");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 4, &ld);
+    free(ld.recs);
+    ul_jrec r;
+    s_rec(&r, 7000000, "hw@vm", "");
+    r.fence = UINT64_C(1) << 62;
+    cr_assert_eq(ul_journal_grant(j, &r), 0);
+    cr_assert_eq(ul_journal_release(j, r.lease), 0);
+    ul_journal_close(&j);
+    j = s_open_ok(path, 4, &ld);
+    cr_assert_eq(ld.n, 0);
+    cr_assert_geq(ld.fence_hw, UINT64_C(1) << 62, "a released fence still bounds the next");
+    cr_assert_geq(ld.lease_hw, 7000000);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+Test(journal, resized_when_capacity_changes)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jrsz");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 16, &ld);
+    free(ld.recs);
+    ul_jrec r;
+    for (uint64_t id = 1; id <= 3; id++) {
+        s_rec(&r, id, "rs@vm", "x");
+        cr_assert_eq(ul_journal_grant(j, &r), 0);
+    }
+    ul_journal_close(&j);
+    j = s_open_ok(path, 64, &ld);
+    cr_assert(ld.resized);
+    cr_assert_eq(ld.n, 3);
+    free(ld.recs);
+    ul_journal_close(&j);
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_assert_eq(sb.st_size, (off_t)(2 + 64) * UL_JOURNAL_SLOT);
+    int rc;
+    j = s_open(path, 2, false, &ld, &rc);
+    cr_assert_eq(rc, UVMLEASE_EBADVALUE, "3 held leases do not fit in 2 slots: refused");
+    cr_assert_null(j);
+    ut_rmrf(dir);
+}
+
+Test(journal, full_is_resource)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jfull");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 2, &ld);
+    free(ld.recs);
+    ul_jrec r;
+    s_rec(&r, 1, "f@vm", "");
+    cr_assert_eq(ul_journal_grant(j, &r), 0);
+    s_rec(&r, 2, "f@vm", "");
+    cr_assert_eq(ul_journal_grant(j, &r), 0);
+    s_rec(&r, 3, "f@vm", "");
+    cr_assert_eq(ul_journal_grant(j, &r), UVMLEASE_ERESOURCE);
+    cr_assert(ul_journal_healthy(j), "a full table is not a failing disk");
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* ---- files that are not the broker's -------------------------------------- */
+
+static void s_expect_refused(const char *path, const char *why)
+{
+    ul_journal_load ld;
+    int rc;
+    ul_journal *j = s_open(path, 8, false, &ld, &rc);
+    cr_assert_neq(rc, 0, "%s must be refused", why);
+    cr_assert_null(j);
+    j = s_open(path, 8, true, &ld, &rc);
+    cr_assert_neq(rc, 0, "%s is refused even when forced: it is not the broker's file", why);
+}
+
+Test(journal, foreign_files_refused)
+{
+    char dir[256], path[320], other[340];
+    s_path(dir, path, sizeof path, "jforeign");
+    snprintf(other, sizeof other, "%s/elsewhere", dir);
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(other, 8, &ld);
+    free(ld.recs);
+    ul_journal_close(&j);
+
+    cr_assert_eq(symlink(other, path), 0);
+    s_expect_refused(path, "a symlink");
+    unlink(path);
+
+    cr_assert_eq(link(other, path), 0);
+    s_expect_refused(path, "a hard link");
+    unlink(path);
+
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(chmod(path, 0620), 0);
+    s_expect_refused(path, "a group-writable file");
+    cr_assert_eq(chmod(path, 0600), 0);
+    if (geteuid() == 0) {
+        cr_assert_eq(chown(path, 65534, 65534), 0);
+        s_expect_refused(path, "a file of another user");
+    }
+    ut_rmrf(dir);
+}
+
+Test(journal, invalid_record_stops_start_unless_forced)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jinv");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 8, &ld);
+    free(ld.recs);
+    ul_jrec good, bad;
+    s_rec(&good, 1, "good@vm", "");
+    s_rec(&bad, 2, "bad@vm", "");
+    bad.pid = 0; /* whole and checksummed, but not a value the broker writes */
+    cr_assert_eq(ul_journal_grant(j, &good), 0);
+    cr_assert_eq(ul_journal_grant(j, &bad), 0);
+    ul_journal_close(&j);
+    int rc;
+    j = s_open(path, 8, false, &ld, &rc);
+    cr_assert_eq(rc, UVMLEASE_EBADVALUE, "a record it cannot trust could hide a live lease");
+    j = s_open(path, 8, true, &ld, &rc);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(ld.invalid, 1);
+    cr_assert_eq(ld.n, 1);
+    cr_assert_eq(ld.recs[0].lease, 1);
+    free(ld.recs);
+    ul_journal_close(&j);
+    j = s_open_ok(path, 8, &ld); /* the forced start repaired the file */
+    cr_assert_eq(ld.n, 1);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+Test(journal, lost_header_with_records_stops_start_unless_forced)
+{
+    char dir[256], path[320];
+    s_path(dir, path, sizeof path, "jhdr");
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 8, &ld);
+    free(ld.recs);
+    ul_jrec r;
+    s_rec(&r, 9, "hdr@vm", "");
+    cr_assert_eq(ul_journal_grant(j, &r), 0);
+    ul_journal_close(&j);
+    int fd = open(path, O_WRONLY);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pwrite(fd, "XXXX", 4, 4), 4);
+    cr_assert_eq(pwrite(fd, "XXXX", 4, UL_JOURNAL_SLOT + 4), 4);
+    close(fd);
+    int rc;
+    j = s_open(path, 8, false, &ld, &rc);
+    cr_assert_eq(rc, UVMLEASE_EBADVALUE, "without marks the next fence is unknown");
+    j = s_open(path, 8, true, &ld, &rc);
+    cr_assert_eq(rc, 0);
+    cr_assert(ld.header_lost);
+    cr_assert_eq(ld.n, 1);
+    cr_assert_geq(ld.fence_hw, r.fence, "forced: the marks come from the records");
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* ---- the broker fails closed --------------------------------------------- */
+
+static int s_ping_journal(void *sock, char *out, size_t n)
+{
+    ul_request q;
+    ut_req(&q, UL_OP_PING);
+    ul_reply rep;
+    int rc = ut_call(sock, &q, &rep, 5000);
+    if (rc == 0)
+        snprintf(out, n, "%.*s", (int)(n - 1), rep.journal);
+    ul_reply_free(&rep);
+    return rc;
+}
+
+typedef struct s_grant_ctx {
+    void *sock;
+    atomic_int queued;
+} s_grant_ctx;
+
+static void s_on_queued(void *ctx)
+{
+    atomic_store(&((s_grant_ctx *)ctx)->queued, 1);
+}
+
+Test(journal, broker_fails_closed_and_resumes)
+{
+    s_fault f = {0};
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.max_leases = 64;
+    cfg.journal_write = s_faulty;
+    cfg.journal_write_ctx = &f;
+    char dir[256];
+    uvmlease_broker *b = ut_broker_start(&cfg, dir);
+    const char *ep = uvmlease_broker_endpoint(b);
+    void *holder = ut_dealer(ep);
+    void *other = ut_dealer(ep);
+    ul_reply rep;
+    char health[UL_MAX_NAME + 1];
+
+    cr_assert_eq(ut_acquire(holder, "fc@vm", true, "h", 0, &rep, NULL, NULL, 5000), 0);
+    uint64_t lease = rep.lease, fence = rep.fence;
+    ul_reply_free(&rep);
+    cr_assert_eq(s_ping_journal(other, health, sizeof health), 0);
+    cr_assert_str_eq(health, "ok");
+
+    atomic_store(&f.mode, 1); /* the disk is gone */
+    cr_assert_eq(ut_release(holder, lease), 0, "the holder's release itself succeeds");
+    cr_assert_eq(s_ping_journal(other, health, sizeof health), 0);
+    cr_assert_str_eq(health, "failing", "admins see it in ping");
+    cr_assert_eq(ut_acquire(other, "fc@vm", true, "o", 0, &rep, NULL, NULL, 5000),
+                 UVMLEASE_EJOURNAL, "the release is not on disk: nobody else may enter");
+    ul_reply_free(&rep);
+    cr_assert_eq(ut_acquire(other, "fresh@vm", true, "o", 0, &rep, NULL, NULL, 5000),
+                 UVMLEASE_EJOURNAL, "no grant without its record");
+    ul_reply_free(&rep);
+    cr_assert_eq(ut_acquire(other, "fc@vm", true, "o", 200, &rep, NULL, NULL, 5000),
+                 UVMLEASE_EJOURNAL, "a deadline passing says why");
+    ul_reply_free(&rep);
+    cr_assert_eq(ut_acquire(other, "std@vm", false, "s", 0, &rep, NULL, NULL, 5000), 0,
+                 "shared leases go on");
+    ul_reply_free(&rep);
+
+    /* A waiter queued while failing is granted once writes work again,
+     * without anyone doing anything. */
+    s_grant_ctx gc = {.sock = other};
+    atomic_store(&f.mode, 0);
+    int rc = ut_acquire(other, "fc@vm", true, "w", 10000, &rep, s_on_queued, &gc, 10000);
+    cr_assert_eq(rc, 0, "granted after recovery: %s", ul_status_name(rc));
+    cr_assert_gt(rep.fence, fence);
+    ul_reply_free(&rep);
+    cr_assert_eq(s_ping_journal(other, health, sizeof health), 0);
+    cr_assert_str_eq(health, "ok");
+    ut_dealer_close(holder);
+    ut_dealer_close(other);
+    ut_broker_stop(&b, dir);
+}
+
+/* ---- a real small tmpfs ------------------------------------------------------- */
+
+/* In a child with its own mount namespace: a broker whose runtime directory
+ * is a tmpfs too small for its journal must refuse to start; one that fits
+ * keeps granting after the tmpfs has been filled to the last byte. Exit 0
+ * pass, 77 cannot mount here, other: failure step. */
+static int s_tmpfs_child(const char *base)
+{
+    if (unshare(CLONE_NEWNS) < 0 || mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        return 77;
+    char mnt[300], rt[320];
+    snprintf(mnt, sizeof mnt, "%s/mnt", base);
+    snprintf(rt, sizeof rt, "%s/mnt/rt", base);
+    if (mkdir(mnt, 0700) < 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=256k,mode=0700") < 0)
+        return 77;
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.runtime_dir = rt;
+    cfg.max_leases = 1024; /* 1 MiB of journal: does not fit in 256 KiB */
+    cfg.log_level = UL_LOG_ERROR + 1;
+    uvmlease_broker *b = NULL;
+    char err[512];
+    if (uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err) == 0)
+        return 2;
+    if (!strstr(err, "cannot reserve"))
+        return 3;
+    cfg.max_leases = 64;
+    if (uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err) != 0)
+        return 4;
+    char fill[340];
+    snprintf(fill, sizeof fill, "%s/filler", mnt);
+    int fd = open(fill, O_WRONLY | O_CREAT, 0600);
+    static char block[4096];
+    while (fd >= 0 && write(fd, block, sizeof block) > 0)
+        ;
+    if (fd < 0 || errno != ENOSPC)
+        return 5;
+    close(fd);
+    void *s = ut_dealer(uvmlease_broker_endpoint(b));
+    for (int i = 0; i < 200; i++) {
+        ul_reply rep;
+        char uvm[32];
+        snprintf(uvm, sizeof uvm, "tmpfs-%d@vm", i % 7);
+        if (ut_acquire(s, uvm, true, "t", 0, &rep, NULL, NULL, 5000) != 0)
+            return 6;
+        uint64_t lease = rep.lease;
+        ul_reply_free(&rep);
+        if (ut_release(s, lease) != 0)
+            return 7;
+    }
+    ut_dealer_close(s);
+    uvmlease_broker_stop(&b);
+    return 0;
+}
+
+Test(journal, full_tmpfs_cannot_stop_grants)
+{
+    char dir[256];
+    ut_tmpdir("jtmpfs", dir, sizeof dir);
+    pid_t pid = ut_fork();
+    if (pid == 0)
+        _exit(s_tmpfs_child(dir));
+    int code = ut_wait_code(pid, 30000);
+    if (code == 77) {
+        ut_rmrf(dir);
+        cr_skip_test("cannot mount a tmpfs here (needs root and a mount namespace)");
+    }
+    cr_assert_eq(code, 0, "tmpfs step %d failed", code);
+    ut_rmrf(dir);
+}

@@ -256,8 +256,7 @@ int ctl_cmd_list(const ctl_opts *g, int argc, char **argv)
     ctl_output out;
     ctl_output_init(&out, CTL_VIEW_LIST, g->json, wide, stdout);
     int code = CTL_EXIT_OK;
-    if (ctl_out_head(&out) != 0)
-        code = s_write_failed("list");
+    bool headed = false;
     /* The broker answers in pages sorted by UVM ID; "after" is the cursor. */
     char after[UL_MAX_UVM + 1] = "";
     while (code == CTL_EXIT_OK) {
@@ -269,6 +268,15 @@ int ctl_cmd_list(const ctl_opts *g, int argc, char **argv)
         if (!rep) {
             code = CTL_EXIT_FAIL;
             break;
+        }
+        if (!headed) {
+            /* Above the table: the one state that makes every row suspect. */
+            if (!g->json && strcmp(rep->journal, "failing") == 0)
+                printf("JOURNAL FAILING: the broker cannot record leases; exclusive grants are "
+                       "suspended until it can (see its log)\n");
+            headed = true;
+            if (ctl_out_head(&out) != 0)
+                code = s_write_failed("list");
         }
         for (uint32_t i = 0; i < rep->n_uvms && code == CTL_EXIT_OK; i++) {
             ctl_item it = {.uvm = &rep->uvms[i]};

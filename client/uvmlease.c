@@ -413,6 +413,7 @@ int uvmlease_ping(uvmlease *c, uvmlease_ping_info *info)
         info->instance = rep->instance;
         snprintf(info->version, sizeof info->version, "%s", rep->server);
         info->rtt_us = t1 - t0;
+        info->journal = !strcmp(rep->journal, "ok") ? 1 : !strcmp(rep->journal, "failing") ? 0 : -1;
     }
     ul_client_reply_free(rep);
     ul_client_unref(c);

@@ -106,6 +106,9 @@ typedef struct uvmlease_ping_info {
     uint64_t instance;                      /* changes when the broker restarts */
     char version[UVMLEASE_VERSION_MAX + 1]; /* the broker's software version */
     uint64_t rtt_us;                        /* round trip of this ping */
+    int journal;                            /* 1: the broker records leases; 0: its journal
+                                               fails and exclusive grants are suspended;
+                                               -1: the broker does not say */
 } uvmlease_ping_info;
 
 /*

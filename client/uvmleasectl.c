@@ -214,12 +214,21 @@ static int cmd_ping(const ctl_opts *g, int argc, char **argv)
     if (g->json) {
         printf("{\"pid\":%d,\"version\":", (int)info.pid);
         s_json_str(stdout, info.version);
-        printf(",\"instance\":\"%016" PRIx64 "\",\"rtt_us\":%" PRIu64 "}\n", info.instance,
-               info.rtt_us);
+        printf(",\"instance\":\"%016" PRIx64 "\",\"rtt_us\":%" PRIu64 ",\"journal\":%s}\n",
+               info.instance, info.rtt_us,
+               info.journal == 1   ? "\"ok\""
+               : info.journal == 0 ? "\"failing\""
+                                   : "null");
     } else {
         char esc[UVMLEASE_VERSION_MAX * 4 + 1];
-        printf("broker pid %d version %s instance %016" PRIx64 " round trip %" PRIu64 "us\n",
-               (int)info.pid, s_esc(info.version, esc, sizeof esc), info.instance, info.rtt_us);
+        printf("broker pid %d version %s instance %016" PRIx64 " round trip %" PRIu64
+               "us journal %s\n",
+               (int)info.pid, s_esc(info.version, esc, sizeof esc), info.instance, info.rtt_us,
+               info.journal == 1   ? "ok"
+               : info.journal == 0 ? "FAILING"
+                                   : "unknown");
+        if (info.journal == 0)
+            s_diag("ping: the broker cannot record leases: exclusive grants are suspended");
     }
     return EXIT_OK;
 }

@@ -29,6 +29,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <jansson.h>
@@ -1799,4 +1800,67 @@ Test(ctl, a_missing_broker_exits_1)
                   "case %zu: %s", i, r.err);
         s_run_free(&r);
     }
+}
+
+/* ---------------------------------------------- a journal that fails */
+
+static atomic_int s_jfail;
+
+static ssize_t s_jwrite(void *ctx, int fd, const void *buf, size_t n, off_t off)
+{
+    (void)ctx;
+    if (atomic_load(&s_jfail)) {
+        errno = EIO;
+        return -1;
+    }
+    return pwrite(fd, buf, n, off);
+}
+
+Test(ctl, journal_failure_shown_in_ping_list_and_stats)
+{
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.journal_write = s_jwrite;
+    s_start(&cfg);
+    void *s = ut_dealer(s_ep);
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(ut_acquire(s, "jf@vm", true, "", 0, &r, NULL, NULL, 5000), 0);
+    uint64_t lease = r.lease;
+    ul_reply_free(&r);
+    atomic_store(&s_jfail, 1);
+    cr_assert_eq(ut_release(s, lease), 0);
+    ut_dealer_close(s);
+
+    run x;
+    CTLE(&x, "ping");
+    s_expect(&x, 0, "ping answers");
+    cr_assert(strstr(x.out, "journal FAILING"), "%s", x.out);
+    cr_assert(strstr(x.err, "exclusive grants are suspended"), "%s", x.err);
+    s_run_free(&x);
+    CTLE(&x, "ping", "--json");
+    cr_assert(strstr(x.out, "\"journal\":\"failing\""), "%s", x.out);
+    s_run_free(&x);
+    CTLE(&x, "list");
+    s_expect(&x, 0, "list");
+    cr_assert(!strncmp(x.out, "JOURNAL FAILING", 15), "line above the table: %s", x.out);
+    s_run_free(&x);
+    CTLE(&x, "stats", "--prometheus");
+    cr_assert(strstr(x.out, "uvmlease_journal_healthy 0"), "%s", x.out);
+    cr_assert(strstr(x.out, "uvmlease_journal_write_failures_total "), "%s", x.out);
+    s_run_free(&x);
+
+    atomic_store(&s_jfail, 0);
+    /* The broker retries by itself; ping until it says so (bounded). */
+    bool ok = false;
+    for (int i = 0; i < 100 && !ok; i++) {
+        CTLE(&x, "ping");
+        ok = strstr(x.out, "journal ok") != NULL;
+        s_run_free(&x);
+    }
+    cr_assert(ok, "the journal never recovered");
+    CTLE(&x, "list");
+    cr_assert(strncmp(x.out, "JOURNAL FAILING", 15) != 0, "%s", x.out);
+    s_run_free(&x);
+    s_stop();
 }

@@ -596,9 +596,22 @@ static int s_tmpfs_child(const char *base)
         if (ut_release(s, lease) != 0)
             return 7;
     }
+    /* A restart with a lease to restore, on the full tmpfs. */
+    ul_reply rep;
+    if (ut_acquire(s, "keep@vm", true, "k", 0, &rep, NULL, NULL, 5000) != 0)
+        return 8;
+    ul_reply_free(&rep);
     ut_dealer_close(s);
     uvmlease_broker_stop(&b);
-    return 0;
+    if (uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err) != 0)
+        return 9;
+    s = ut_dealer(uvmlease_broker_endpoint(b));
+    int rc = ut_acquire(s, "keep@vm", true, "again", 0, &rep, NULL, NULL, 5000);
+    bool held = rc == UVMLEASE_EBUSY && rep.has_holder && rep.holder.pid == (uint32_t)getpid();
+    ul_reply_free(&rep);
+    ut_dealer_close(s);
+    uvmlease_broker_stop(&b);
+    return held ? 0 : 10;
 }
 
 Test(journal, full_tmpfs_cannot_stop_grants)

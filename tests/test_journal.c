@@ -629,3 +629,41 @@ Test(journal, full_tmpfs_cannot_stop_grants)
     cr_assert_eq(code, 0, "tmpfs step %d failed", code);
     ut_rmrf(dir);
 }
+
+/* A wall clock that stepped back (or one behind a marked fence) does not
+ * take fences backwards: the journal's marks win. */
+Test(journal, broker_fences_above_marks_not_clock)
+{
+    char dir[256], rt[300], path[340];
+    ut_tmpdir("jclock", dir, sizeof dir);
+    snprintf(rt, sizeof rt, "%s/rt", dir);
+    cr_assert_eq(mkdir(rt, 0750), 0);
+    snprintf(path, sizeof path, "%s/leases.journal", rt);
+    ul_journal_load ld;
+    ul_journal *j = s_open_ok(path, 64, &ld);
+    free(ld.recs);
+    ul_jrec r;
+    s_rec(&r, UINT64_C(1) << 61, "clock@vm", "");
+    r.fence = UINT64_C(1) << 62; /* far above the wall clock in microseconds */
+    cr_assert_eq(ul_journal_grant(j, &r), 0);
+    cr_assert_eq(ul_journal_release(j, r.lease), 0);
+    ul_journal_close(&j);
+
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.runtime_dir = rt;
+    cfg.max_leases = 64;
+    cfg.log_level = UL_LOG_ERROR + 1;
+    uvmlease_broker *b = NULL;
+    char err[512];
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), 0, "%s", err);
+    void *s = ut_dealer(uvmlease_broker_endpoint(b));
+    ul_reply rep;
+    cr_assert_eq(ut_acquire(s, "clock@vm", true, "", 0, &rep, NULL, NULL, 5000), 0);
+    cr_assert_gt(rep.fence, UINT64_C(1) << 62);
+    cr_assert_gt(rep.lease, UINT64_C(1) << 61);
+    ul_reply_free(&rep);
+    ut_dealer_close(s);
+    uvmlease_broker_stop(&b);
+    ut_rmrf(dir);
+}

@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -587,4 +590,153 @@ Test(daemon, holder_dead_during_restart_is_quarantined)
     }
     cr_assert_eq(ut_wait_code(t, 10000), 0, "the dead holder's UVM was not quarantined");
     s_daemon_stop(&d);
+}
+
+/* ---- a real pid reuse across a restart --------------------------------- */
+
+static bool s_write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = write(fd, text, strlen(text));
+    close(fd);
+    return n == (ssize_t)strlen(text);
+}
+
+/* Runs as pid 1 of a private pid namespace (with its own /proc), so the
+ * next pid can be chosen through ns_last_pid. Exit codes: 0 ok, 77 the
+ * namespace cannot pick pids, 20+ a step failed (see below). */
+static int s_pid_reuse_scenario(const char *dir)
+{
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+        return 77;
+    char ep[400], log[400];
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
+    snprintf(log, sizeof log, "%s/log", dir);
+    pid_t d = s_spawn(dir, log, NULL);
+    if (!s_ping(ep, 10000))
+        return 20;
+    ut_chan held;
+    ut_chan_open(&held);
+    pid_t h = ut_fork();
+    if (h == 0) {
+        void *s = ut_dealer(ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "original", UL_TIMEOUT_FOREVER, &r, NULL, NULL, 5000))
+            _exit(10);
+        ut_chan_put(&held, 'G');
+        pause();
+        _exit(0);
+    }
+    if (ut_chan_get(&held, 10000) != 'G')
+        return 21;
+    uint64_t h_start = ul_proc_start_time(h);
+    if (h_start == 0)
+        return 22;
+    kill(d, SIGKILL);
+    if (ut_wait_code(d, 10000) != 1000 + SIGKILL)
+        return 23;
+    kill(h, SIGKILL);
+    if (ut_wait_code(h, 10000) != 1000 + SIGKILL)
+        return 24;
+
+    /* The impostor: pid h again, started later. Start times count clock
+     * ticks, so one forked in h's tick would look the same: try again
+     * until the tick has moved on. */
+    pid_t imp = -1;
+    for (int tries = 0; tries < 10000; tries++) {
+        char last[32];
+        snprintf(last, sizeof last, "%d", (int)h - 1);
+        if (!s_write_file("/proc/sys/kernel/ns_last_pid", last))
+            return 77;
+        imp = fork();
+        if (imp == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            for (;;)
+                pause();
+        }
+        if (imp != h) {
+            kill(imp, SIGKILL);
+            waitpid(imp, NULL, 0);
+            return 25;
+        }
+        uint64_t st = ul_proc_start_time(imp);
+        if (st != 0 && st != h_start)
+            break;
+        kill(imp, SIGKILL);
+        waitpid(imp, NULL, 0);
+        imp = -1;
+    }
+    if (imp < 0)
+        return 26;
+
+    d = s_spawn(dir, log, NULL);
+    if (!s_ping(ep, 10000))
+        return 27;
+    /* The journalled holder's pid runs, but it is another process: the
+     * lease is not restored, so the UVM is free. */
+    void *s = ut_dealer(ep);
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    int rc = ut_acquire(s, UVM_C, true, "next", 0, &r, NULL, NULL, 5000);
+    if (rc != 0)
+        return 28;
+    if (ut_release(s, r.lease) != 0)
+        return 29;
+    ut_dealer_close(s);
+    if (!s_file_has(log, "holder_gone=1"))
+        return 30;
+    kill(imp, SIGKILL);
+    waitpid(imp, NULL, 0);
+    kill(d, SIGTERM);
+    return ut_wait_code(d, 10000) == 0 ? 0 : 31;
+}
+
+/* A lease whose holder's pid is alive at restart but belongs to another
+ * process (other start time) is not restored. The pid is really reused:
+ * the test runs in a private pid namespace where the next pid can be set. */
+Test(daemon, restart_ignores_a_reused_holder_pid)
+{
+    char dir[256];
+    ut_tmpdir("pidreuse", dir, sizeof dir);
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
+    pid_t mid = ut_fork();
+    if (mid == 0) {
+        int flags = CLONE_NEWPID | CLONE_NEWNS | (uid != 0 ? CLONE_NEWUSER : 0);
+        if (unshare(flags) != 0)
+            _exit(77);
+        if (uid != 0) {
+            char map[64];
+            snprintf(map, sizeof map, "0 %u 1", (unsigned)uid);
+            if (!s_write_file("/proc/self/setgroups", "deny") ||
+                !s_write_file("/proc/self/uid_map", map))
+                _exit(77);
+            snprintf(map, sizeof map, "0 %u 1", (unsigned)gid);
+            if (!s_write_file("/proc/self/gid_map", map))
+                _exit(77);
+        }
+        pid_t init = fork(); /* pid 1 in the new namespace */
+        if (init == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            _exit(s_pid_reuse_scenario(dir));
+        }
+        if (init < 0)
+            _exit(77);
+        int st;
+        while (waitpid(init, &st, 0) < 0 && errno == EINTR)
+            ;
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 100);
+    }
+    int code = ut_wait_code(mid, 60000);
+    ut_rmrf(dir);
+    if (code == 77)
+        cr_skip_test("no private pid namespace with a settable next pid here");
+    cr_assert_eq(code, 0,
+                 "step %d failed (28: the lease was restored to the process that reused the "
+                 "holder's pid)",
+                 code);
 }

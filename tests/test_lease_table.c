@@ -666,6 +666,56 @@ Test(lease_table, quarantine_end_with_cap_and_expired_waiter)
     lt_free(&t);
 }
 
+/* An expired quarantine that no tick has ended yet holds nothing: an acquire
+ * of the other class is granted (and gives the UVM its class), as it would
+ * be after the tick. */
+Test(lease_table, expired_quarantine_before_tick_takes_other_class)
+{
+    lt_table *t = mk((lt_config){.quarantine_ms = 100});
+    lt_owner *a = own(t, 10), *b = own(t, 11), *c = own(t, 12);
+    grant(t, a, U1, true, 1, 0);
+    lt_owner_exit(t, a, LT_R_HOLDER_EXIT, 50); /* quarantined until 150 */
+    cr_assert_eq(acq(t, b, U1, false, 1, 0, 149, NULL), UVMLEASE_ECLASS,
+                 "still quarantined: the confidential class holds");
+    /* 150: expired, no lt_tick since */
+    lt_lease *lb = grant(t, b, U1, false, 2, 150);
+    cr_assert(!lb->exclusive, "a standard lease is shared");
+    lt_uvm *u = lt_uvm_find(t, U1);
+    cr_assert(!u->confidential, "the UVM takes the new class");
+    cr_assert_eq(u->quarantine_until, 0);
+    lt_lease *lc = grant(t, c, U1, false, 1, 151);
+    cr_assert_eq(u->n_holders, 2, "standard leases are concurrent");
+    lt_owner *d = own(t, 13);
+    cr_assert_eq(acq(t, d, U1, true, 1, 0, 152, NULL), UVMLEASE_ECLASS,
+                 "the new class holds while leased");
+    check(t);
+    cr_assert_eq(lt_release(t, b, lb->id, 153), 0);
+    cr_assert_eq(lt_release(t, c, lc->id, 153), 0);
+    cr_assert_null(lt_uvm_find(t, U1));
+
+    /* the same after a quarantine started at restart (lt_quarantine) */
+    cr_assert_eq(lt_quarantine(t, U2, true, 200), 0); /* until 300 */
+    cr_assert_eq(acq(t, b, U2, false, 3, 0, 299, NULL), UVMLEASE_ECLASS);
+    lt_lease *l2 = grant(t, b, U2, false, 4, 300);
+    cr_assert(!l2->exclusive);
+    cr_assert_eq(lt_tick(t, 301), LT_NEVER, "no quarantine left to expire");
+    check(t);
+    lt_free(&t);
+
+    /* serialize=all: a quarantined standard UVM, then a confidential acquire */
+    t = mk((lt_config){.serialize = LT_SERIALIZE_ALL, .quarantine_ms = 100});
+    a = own(t, 10);
+    b = own(t, 11);
+    grant(t, a, U1, false, 1, 0);
+    lt_owner_exit(t, a, LT_R_KILLED, 0); /* until 100 */
+    cr_assert_eq(acq(t, b, U1, true, 1, 0, 99, NULL), UVMLEASE_ECLASS);
+    lt_lease *l3 = grant(t, b, U1, true, 2, 100);
+    cr_assert(l3->exclusive);
+    cr_assert(lt_uvm_find(t, U1)->confidential);
+    check(t);
+    lt_free(&t);
+}
+
 /* ---- fences and ids */
 
 Test(lease_table, fence_monotonic_across_uvms_and_floors)
@@ -699,6 +749,51 @@ Test(lease_table, fence_monotonic_across_uvms_and_floors)
     cr_assert_null(lt_new(&bad));
     bad = (lt_config){.lease_id_floor = UINT64_MAX};
     cr_assert_null(lt_new(&bad));
+}
+
+/* A restored lease keeps its id and fence, and what is handed out next is
+ * above both, whatever the floors said; a restored lease below the counters
+ * lowers nothing. */
+Test(lease_table, restore_raises_fence_and_lease_id)
+{
+    lt_table *t = mk((lt_config){.fence_floor = 1000, .lease_id_floor = 50});
+    lt_owner *a = own(t, 10), *b = own(t, 11);
+    lt_restore_args ra = {
+        .uvm = U1, .confidential = true, .label = "old", .rid = 7, .lease_id = 5000, .fence = 9000};
+    cr_assert_eq(lt_restore(t, a, &ra, 0), 0);
+    cr_assert_eq(n_ev(LT_EV_GRANTED), 0, "a restore is not a grant");
+    cr_assert_eq(lt_stats_get(t)->grants, 0);
+    cr_assert_eq(lt_last_fence(t), 9000);
+    cr_assert_eq(lt_last_lease_id(t), 5000);
+    lt_lease *r = lt_lease_find(t, 5000);
+    cr_assert_not_null(r);
+    cr_assert_eq(r->fence, 9000);
+    cr_assert(r->exclusive);
+
+    lt_lease *l = grant(t, b, U2, true, 1, 1);
+    cr_assert_eq(l->fence, 9001, "next fence above the restored one");
+    cr_assert_eq(l->id, 5001, "next lease id above the restored one");
+
+    /* below the counters: nothing goes back */
+    lt_restore_args low = {
+        .uvm = U3, .confidential = true, .label = "", .rid = 8, .lease_id = 60, .fence = 1001};
+    cr_assert_eq(lt_restore(t, a, &low, 2), 0);
+    cr_assert_eq(lt_last_fence(t), 9001);
+    cr_assert_eq(lt_last_lease_id(t), 5001);
+
+    /* the restored lease holds its UVM; after its release the next holder
+     * gets a fresh fence */
+    lt_acquire_result res;
+    cr_assert_eq(acq(t, b, U1, true, 2, 0, 3, &res), UVMLEASE_EBUSY);
+    cr_assert_eq(res.holder, r);
+    queue(t, b, U1, true, 3, -1, 3);
+    cr_assert_eq(lt_release(t, a, 5000, 4), 0);
+    lt_lease *g = holder_of(lt_uvm_find(t, U1));
+    cr_assert_eq(g->owner, b);
+    cr_assert_eq(g->fence, 9002);
+    cr_assert_eq(g->id, 5002);
+    check(t);
+    lt_free(&t);
 }
 
 /* ---- waiters: cancel, timeout, the release/timeout race */

@@ -8,14 +8,27 @@
  *   in-proc   the broker's own work per message without the transport:
  *             decode, lease table, encode (ul_request_decode, lt_*,
  *             ul_reply_encode)
+ *   aged      a broker that has served many leases against a fresh one,
+ *             both with the same leases held by other processes: the p50
+ *             of one acquire + release cycle and of a full admin list (the
+ *             pages `uvmleasectl list --json` asks for). A broker that has
+ *             run for days must behave like a fresh one: the ratios should
+ *             stay near 1.
  *
  * Prints figures and ratios; exits non-zero only if an operation failed.
- * Usage: bench_broker [round-trips]   (default 20000)
+ * Usage: bench_broker [--quick] [round-trips]
+ *   default: 20000 round trips; aged: 1000 leases held, 100000 cycles
+ *   --quick: 5000 round trips; aged: 100 leases held, 5000 cycles
  */
+#include <errno.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -242,11 +255,285 @@ static double s_median(double *v, int n)
     return v[n / 2];
 }
 
+/* ---- aged against fresh ------------------------------------------------ */
+
+/* One request, one reply of any size. 0, or -1 / a decode status. */
+static int s_call_any(void *d, ul_request *q, ul_reply *r, ul_buf *out)
+{
+    out->len = 0;
+    if (ul_request_encode(q, out) || zmq_send(d, out->data, out->len, 0) < 0)
+        return -1;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, d, 0) < 0) {
+        zmq_msg_close(&m);
+        return -1;
+    }
+    int rc = ul_reply_decode(zmq_msg_data(&m), zmq_msg_size(&m), r);
+    zmq_msg_close(&m);
+    return rc;
+}
+
+static void *s_dealer(void *ctx, const char *ep)
+{
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(d, ep);
+    return d;
+}
+
+/* Acquire (granted at once) and release one lease. 0 or -1. */
+static int s_cycle(void *d, ul_buf *out, uint64_t *rid, const char *uvm)
+{
+    ul_request q;
+    ul_reply r;
+    memset(&q, 0, sizeof q);
+    q.version = UL_PROTO_VERSION;
+    q.op = UL_OP_ACQUIRE;
+    q.rid = (*rid)++;
+    snprintf(q.uvm, sizeof q.uvm, "%s", uvm);
+    snprintf(q.label, sizeof q.label, "bench");
+    q.confidential = true;
+    q.timeout_ms = 0;
+    if (s_call_any(d, &q, &r, out))
+        return -1;
+    int bad = r.err != 0 || r.queued;
+    uint64_t lease = r.lease;
+    ul_reply_free(&r);
+    if (bad)
+        return -1;
+    memset(&q, 0, sizeof q);
+    q.version = UL_PROTO_VERSION;
+    q.op = UL_OP_RELEASE;
+    q.rid = (*rid)++;
+    q.lease = lease;
+    if (s_call_any(d, &q, &r, out))
+        return -1;
+    bad = r.err != 0;
+    ul_reply_free(&r);
+    return bad ? -1 : 0;
+}
+
+/* Every page of an admin list; returns the number of UVMs listed, -1 on
+ * failure. */
+static long s_list_all(void *d, ul_buf *out, uint64_t *rid)
+{
+    char after[UL_MAX_UVM + 1] = "";
+    long n = 0;
+    for (;;) {
+        ul_request q;
+        ul_reply r;
+        memset(&q, 0, sizeof q);
+        q.version = UL_PROTO_VERSION;
+        q.op = UL_OP_LIST;
+        q.rid = (*rid)++;
+        snprintf(q.after, sizeof q.after, "%s", after);
+        if (s_call_any(d, &q, &r, out))
+            return -1;
+        if (r.err) {
+            ul_reply_free(&r);
+            return -1;
+        }
+        n += r.n_uvms;
+        bool more = r.more && r.n_uvms > 0;
+        if (more)
+            snprintf(after, sizeof after, "%s", r.uvms[r.n_uvms - 1].uvm);
+        ul_reply_free(&r);
+        if (!more)
+            return n;
+    }
+}
+
+/* Processes that each hold `per` leases on UVMs of their own until told
+ * to go. */
+typedef struct holders {
+    pid_t pid[64];
+    int n;
+    int go[2];    /* a byte each: connect and acquire; EOF: exit */
+    int ready[2]; /* a byte each: 'R' all held, 'F' failed */
+} holders;
+
+static void s_holder_main(holders *h, const char *ep, int first, int per)
+{
+    close(h->go[1]);
+    close(h->ready[0]);
+    char c;
+    if (read(h->go[0], &c, 1) != 1)
+        _exit(1);
+    void *ctx = zmq_ctx_new();
+    void *d = s_dealer(ctx, ep);
+    ul_buf out = {0};
+    uint64_t rid = 1;
+    char res = 'R';
+    for (int i = 0; i < per && res == 'R'; i++) {
+        ul_request q;
+        ul_reply r;
+        memset(&q, 0, sizeof q);
+        q.version = UL_PROTO_VERSION;
+        q.op = UL_OP_ACQUIRE;
+        q.rid = rid++;
+        snprintf(q.uvm, sizeof q.uvm, "%060d@vm", first + i);
+        snprintf(q.label, sizeof q.label, "held-%d", first + i);
+        q.confidential = true;
+        q.timeout_ms = 0;
+        if (s_call_any(d, &q, &r, &out) || r.err || r.queued)
+            res = 'F';
+        ul_reply_free(&r);
+    }
+    if (write(h->ready[1], &res, 1) != 1)
+        _exit(1);
+    while (read(h->go[0], &c, 1) > 0) /* until the parent closes it */
+        ;
+    _exit(0);
+}
+
+/* Fork before the broker (and its threads) exist in this process. */
+static void s_holders_fork(holders *h, const char *ep, int leases)
+{
+    memset(h, 0, sizeof *h);
+    if (pipe(h->go) || pipe(h->ready)) {
+        perror("pipe");
+        exit(1);
+    }
+    int per = 250; /* well within the per-process cap, UL_MAX_PER_PROCESS */
+    for (int first = 0; first < leases && h->n < 64; first += per) {
+        int k = leases - first < per ? leases - first : per;
+        pid_t p = fork();
+        if (p < 0) {
+            perror("fork");
+            exit(1);
+        }
+        if (p == 0)
+            s_holder_main(h, ep, first, k);
+        h->pid[h->n++] = p;
+    }
+    close(h->go[0]);
+    close(h->ready[1]);
+}
+
+/* Tell the holders to acquire; true when all of them hold their leases. */
+static bool s_holders_go(holders *h)
+{
+    bool ok = true;
+    for (int i = 0; i < h->n; i++)
+        if (write(h->go[1], "g", 1) != 1)
+            ok = false;
+    for (int i = 0; i < h->n; i++) {
+        char c = 0;
+        if (read(h->ready[0], &c, 1) != 1 || c != 'R')
+            ok = false;
+    }
+    return ok;
+}
+
+static void s_holders_end(holders *h)
+{
+    close(h->go[1]);
+    close(h->ready[0]);
+    for (int i = 0; i < h->n; i++)
+        while (waitpid(h->pid[i], NULL, 0) < 0 && errno == EINTR)
+            ;
+}
+
+typedef struct aged_fig {
+    double cycle_p50_us;
+    double list_p50_us;
+    double age_us; /* mean cycle while ageing */
+} aged_fig;
+
+/*
+ * A broker in dir/sub with `leases` leases held by other processes; it
+ * first serves `age` acquire + release cycles, then `samples` timed
+ * cycles and `lists` timed full lists are taken.
+ */
+static void s_aged_run(const char *dir, const char *sub, int leases, int age, int samples,
+                       int lists, aged_fig *fig, int *failures)
+{
+    char rdir[512], ep[600];
+    snprintf(rdir, sizeof rdir, "%s/%s", dir, sub);
+    if (mkdir(rdir, 0700) != 0) {
+        perror("mkdir");
+        exit(1);
+    }
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", rdir);
+    holders h;
+    s_holders_fork(&h, ep, leases);
+
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.runtime_dir = rdir;
+    cfg.log_sink = s_quiet;
+    cfg.log_level = UL_LOG_ERROR;
+    uvmlease_broker *b = NULL;
+    char err[256];
+    if (uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err)) {
+        fprintf(stderr, "broker: %s\n", err);
+        exit(1);
+    }
+    if (!s_holders_go(&h)) {
+        fprintf(stderr, "bench: aged: the holders could not take their leases\n");
+        (*failures)++;
+    }
+    void *ctx = zmq_ctx_new();
+    void *d = s_dealer(ctx, uvmlease_broker_endpoint(b));
+    ul_buf out = {0};
+    uint64_t rid = 1;
+    const char *uvm = "a9ed000000000000000000000000000000000000000000000000000000000000@vm";
+
+    uint64_t t0 = ul_now_ns();
+    for (int i = 0; i < age; i++)
+        if (s_cycle(d, &out, &rid, uvm))
+            (*failures)++;
+    fig->age_us = age ? (double)(ul_now_ns() - t0) / 1000.0 / age : 0;
+
+    for (int i = 0; i < 50; i++) /* warm-up */
+        if (s_cycle(d, &out, &rid, uvm))
+            (*failures)++;
+    double *v = calloc((size_t)(samples > lists ? samples : lists), sizeof *v);
+    if (!v)
+        exit(1);
+    for (int i = 0; i < samples; i++) {
+        uint64_t s0 = ul_now_ns();
+        if (s_cycle(d, &out, &rid, uvm))
+            (*failures)++;
+        v[i] = (double)(ul_now_ns() - s0) / 1000.0;
+    }
+    fig->cycle_p50_us = s_median(v, samples);
+    for (int i = 0; i < lists; i++) {
+        uint64_t s0 = ul_now_ns();
+        long n = s_list_all(d, &out, &rid);
+        v[i] = (double)(ul_now_ns() - s0) / 1000.0;
+        if (n != leases) {
+            fprintf(stderr, "bench: aged: list showed %ld UVMs, expected %d\n", n, leases);
+            (*failures)++;
+        }
+    }
+    fig->list_p50_us = s_median(v, lists);
+    free(v);
+    ul_buf_free(&out);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    uvmlease_broker_stop(&b);
+    s_holders_end(&h);
+}
+
 int main(int argc, char **argv)
 {
-    int n = argc > 1 ? atoi(argv[1]) : 20000;
+    bool quick = false;
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = true;
+        else
+            n = atoi(argv[i]);
+    }
     if (n <= 0)
-        n = 20000;
+        n = quick ? 5000 : 20000;
+    int aged_leases = quick ? 100 : 1000, aged_cycles = quick ? 5000 : 100000;
+    /* The fresh broker's own samples stay few (below the journal's
+     * compaction threshold), so it stays fresh while measured. */
+    int aged_samples = quick ? 500 : 1000, aged_lists = quick ? 10 : 50;
     char dir[] = "/tmp/ul-bench-XXXXXX";
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
@@ -276,6 +563,21 @@ int main(int argc, char **argv)
            100.0 * (per_rt - echo) / echo);
     printf("bench: broker work per lease, no I/O  %8.2f us  (%.1f%% of one echo round trip)\n",
            inproc, 100.0 * inproc / echo);
+
+    /* Holders are forked first thing in s_aged_run: no thread of an
+     * earlier scenario is alive then. */
+    aged_fig fresh, aged;
+    s_aged_run(dir, "fresh", aged_leases, 0, aged_samples, aged_lists, &fresh, &failures);
+    s_aged_run(dir, "aged", aged_leases, aged_cycles, aged_samples, aged_lists, &aged, &failures);
+    printf("bench: aged: %d leases held by %d processes; %d acquire + release cycles served "
+           "before measuring (%.2f us per cycle on average while ageing)\n",
+           aged_leases, (aged_leases + 249) / 250, aged_cycles, aged.age_us);
+    printf("bench: fresh cycle p50 %8.2f us (%.2fx two echo round trips)  list p50 %9.2f us\n",
+           fresh.cycle_p50_us, fresh.cycle_p50_us / (2 * echo), fresh.list_p50_us);
+    printf("bench: aged  cycle p50 %8.2f us (%.2fx two echo round trips)  list p50 %9.2f us\n",
+           aged.cycle_p50_us, aged.cycle_p50_us / (2 * echo), aged.list_p50_us);
+    printf("bench: aged_cycle_ratio %.2f\n", aged.cycle_p50_us / fresh.cycle_p50_us);
+    printf("bench: aged_list_ratio %.2f\n", aged.list_p50_us / fresh.list_p50_us);
     printf("bench: failures %d\n", failures);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

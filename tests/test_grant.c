@@ -246,3 +246,196 @@ Test(grant, cancel_of_a_granted_acquire_of_another_process_changes_nothing)
     cr_assert_eq(ut_release(h, first), 0, "the lease must still be held");
     ut_dealer_close(h);
 }
+
+/* ============================================================ lostgrant */
+
+/*
+ * A relay between libuvmlease and the broker: a ROUTER for the library's
+ * connection, a DEALER to the broker (its peer credentials are this
+ * process's, as the library's would be). It forwards everything but the
+ * broker's unasked grants, which it counts and drops: the grant is lost in
+ * flight, and only the library's cancel can resolve that acquire.
+ */
+typedef struct relay {
+    char ep[300];
+    void *ctx, *front, *back;
+    pthread_t t;
+    atomic_bool stop;
+    atomic_int dropped;
+} relay;
+
+static relay s_relay;
+
+/* One message from the library: [routing id][body] to the broker. */
+static void s_relay_up(relay *x, uint8_t *id, size_t *idlen)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, x->front, 0) < 0)
+        return;
+    *idlen = zmq_msg_size(&m) < 255 ? zmq_msg_size(&m) : 255;
+    memcpy(id, zmq_msg_data(&m), *idlen);
+    while (zmq_msg_more(&m) && zmq_msg_recv(&m, x->front, 0) >= 0)
+        if (!zmq_msg_more(&m))
+            zmq_msg_send(&m, x->back, 0);
+    zmq_msg_close(&m);
+}
+
+static void s_relay_down(relay *x, const uint8_t *id, size_t idlen)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, x->back, 0) < 0)
+        return;
+    ul_reply r;
+    bool grant =
+        ul_reply_decode(zmq_msg_data(&m), zmq_msg_size(&m), &r) == 0 && r.kind == UL_MSG_GRANT;
+    ul_reply_free(&r);
+    if (grant)
+        atomic_fetch_add(&x->dropped, 1);
+    else if (zmq_send(x->front, id, idlen, ZMQ_SNDMORE) >= 0)
+        zmq_msg_send(&m, x->front, 0);
+    zmq_msg_close(&m);
+}
+
+static void *s_relay_main(void *p)
+{
+    relay *x = p;
+    uint8_t id[255];
+    size_t idlen = 0;
+    while (!atomic_load(&x->stop)) {
+        zmq_pollitem_t it[2] = {{.socket = x->front, .events = ZMQ_POLLIN},
+                                {.socket = x->back, .events = ZMQ_POLLIN}};
+        /* The timeout only bounds how long stopping takes. */
+        if (zmq_poll(it, 2, 50) <= 0)
+            continue;
+        if (it[0].revents & ZMQ_POLLIN)
+            s_relay_up(x, id, &idlen);
+        if (it[1].revents & ZMQ_POLLIN)
+            s_relay_down(x, id, idlen);
+    }
+    return NULL;
+}
+
+static void s_lost_up(void)
+{
+    s_up();
+    relay *x = &s_relay;
+    memset(x, 0, sizeof *x);
+    snprintf(x->ep, sizeof x->ep, "ipc://%s/relay.sock", s_dir);
+    int linger = 0;
+    x->ctx = zmq_ctx_new();
+    x->front = zmq_socket(x->ctx, ZMQ_ROUTER);
+    x->back = zmq_socket(x->ctx, ZMQ_DEALER);
+    zmq_setsockopt(x->front, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(x->back, ZMQ_LINGER, &linger, sizeof linger);
+    cr_assert_eq(zmq_bind(x->front, x->ep), 0);
+    cr_assert_eq(zmq_connect(x->back, s_ep), 0);
+    cr_assert_eq(pthread_create(&x->t, NULL, s_relay_main, x), 0);
+}
+
+static void s_lost_down(void)
+{
+    atomic_store(&s_relay.stop, true);
+    pthread_join(s_relay.t, NULL);
+    zmq_close(s_relay.front);
+    zmq_close(s_relay.back);
+    zmq_ctx_term(s_relay.ctx);
+    s_down();
+}
+
+TestSuite(lostgrant, .init = s_lost_up, .fini = s_lost_down, .timeout = 60);
+
+typedef struct bg {
+    pthread_t t;
+    uvmlease *c;
+    int64_t timeout_ms;
+    uvmlease_cancel_token *tok;
+    uvmlease_lease *lease;
+    int rc;
+    atomic_bool done;
+} bg;
+
+static void *s_bg_main(void *p)
+{
+    bg *a = p;
+    a->rc = uvmlease_acquire(a->c, UVM, UVMLEASE_CONFIDENTIAL, "lib", a->timeout_ms, a->tok, NULL,
+                             &a->lease);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+static bool s_bg_done(void *p)
+{
+    return atomic_load(&((bg *)p)->done);
+}
+
+static bool s_one_dropped(void *p)
+{
+    (void)p;
+    return atomic_load(&s_relay.dropped) == 1;
+}
+
+static bool s_lib_queued(void *p)
+{
+    return ul_client_queued(p) == 1;
+}
+
+static bool s_lib_settled(void *p)
+{
+    return ul_client_outstanding(p) == 0;
+}
+
+/* The library's acquire is granted, the grant lost; the caller gives up by
+ * its own timeout (timeout_ms > 0) or by cancelling. Afterwards the UVM
+ * must go to the next waiter: the library's cancel undid the grant. */
+static void s_lost_grant(int64_t timeout_ms)
+{
+    void *admin = ut_dealer(s_ep), *h = ut_dealer(s_ep), *next = ut_dealer(s_ep);
+    uint64_t first = s_take(h, NULL);
+    uvmlease *c = NULL;
+    cr_assert_eq(uvmlease_connect(s_relay.ep, &c), UVMLEASE_OK);
+    bg a;
+    memset(&a, 0, sizeof a);
+    a.c = c;
+    a.timeout_ms = timeout_ms;
+    if (timeout_ms < 0)
+        cr_assert_eq(uvmlease_cancel_token_new(&a.tok), UVMLEASE_OK);
+    cr_assert_eq(pthread_create(&a.t, NULL, s_bg_main, &a), 0);
+    cr_assert(ut_wait_until(s_lib_queued, c, 5000), "the library's acquire was not queued");
+    uint64_t next_rid = s_queue(next, "next");
+
+    cr_assert_eq(ut_release(h, first), 0);
+    cr_assert(ut_wait_until(s_one_dropped, NULL, 5000), "no grant for the library's acquire");
+    if (a.tok)
+        uvmlease_cancel(a.tok);
+    cr_assert(ut_wait_until(s_bg_done, &a, 10000), "the acquire did not return");
+    pthread_join(a.t, NULL);
+    cr_assert_eq(a.rc, a.tok ? UVMLEASE_ECANCELLED : UVMLEASE_ETIMEDOUT, "rc %d", a.rc);
+    cr_assert_null(a.lease);
+    cr_assert(ut_wait_until(s_lib_settled, c, 5000), "the library's cancel was not answered");
+
+    uint64_t lease = s_grant_of(next, next_rid);
+    cr_assert_neq(lease, 0, "the abandoned acquire's lease was left held");
+    char reason[UL_MAX_NAME + 1];
+    cr_assert_eq(s_show(admin, reason), lease);
+    cr_assert_str_eq(reason, "released");
+    cr_assert_eq(ut_release(next, lease), 0);
+    uvmlease_close(c);
+    uvmlease_cancel_token_free(a.tok);
+    ut_dealer_close(admin);
+    ut_dealer_close(h);
+    ut_dealer_close(next);
+}
+
+Test(lostgrant, a_cancelled_acquire_whose_grant_was_lost_leaves_nothing_held)
+{
+    s_lost_grant(-1);
+}
+
+Test(lostgrant, a_timed_out_acquire_whose_grant_was_lost_leaves_nothing_held)
+{
+    /* Long enough for the release to come well before the broker's own
+     * deadline; the library gives up UVMLEASE_ACQUIRE_GRACE_MS later. */
+    s_lost_grant(2000);
+}

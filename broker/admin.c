@@ -268,10 +268,10 @@ static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *re
         int rc = ul_reply_encode(&rep, &b->out);
         bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
         if (fits || limit == 1) {
-            if (fits) /* already encoded: send those bytes */
-                ul_broker_send_raw(b, peer->route, b->out.data, b->out.len);
-            else
+            if (!fits)
                 ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
+            else if (ul_broker_send_raw(b, peer->route, b->out.data, b->out.len) != 0)
+                b->undelivered[UL_MSG_REPLY]++; /* already encoded: send those bytes */
             free(rep.uvms);
             free(holders);
             break;
@@ -366,6 +366,14 @@ static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
     s_counter(counters, &nc, "drained_waiters_total", NULL, NULL, st->drained_waiters);
     s_counter(counters, &nc, "overdue_total", NULL, NULL, st->overdue);
     s_counter(counters, &nc, "busy_refusals_total", NULL, NULL, st->busy_refusals);
+    /* Broker messages that could not be sent (connection gone or full). */
+    static const ul_msg_kind kinds[] = {UL_MSG_REPLY, UL_MSG_GRANT, UL_MSG_ACQUIRE_FAILED,
+                                        UL_MSG_REVOKED, UL_MSG_EVENT};
+    static const char *const kind_names[] = {"reply", "grant", "acquire-failed", "revoked",
+                                             "event"};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        s_counter(counters, &nc, "undelivered_total", "kind", kind_names[i],
+                  b->undelivered[kinds[i]]);
     for (int code = 1; code < 128 && nc < 56; code++)
         if (b->rejected_by_code[code])
             s_counter(counters, &nc, "rejected_messages_total", "error", ul_status_name(code),
@@ -469,7 +477,10 @@ static void s_emit(uvmlease_broker *b, ul_event *ev)
     /* Encoded once for every watcher; a watcher whose connection is gone
      * is dropped. */
     for (uint32_t i = 0; i < a->n_watchers;) {
-        if (ul_broker_send_raw(b, &a->watchers[i].route, b->out.data, b->out.len) == -1)
+        int sent = ul_broker_send_raw(b, &a->watchers[i].route, b->out.data, b->out.len);
+        if (sent != 0)
+            b->undelivered[UL_MSG_EVENT]++;
+        if (sent == -1)
             a->watchers[i] = a->watchers[--a->n_watchers];
         else
             i++;
@@ -638,6 +649,7 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     case UL_OP_UNDRAIN:
         rc = req->op == UL_OP_DRAIN ? lt_drain(b->table, req->uvm, now)
                                     : lt_undrain(b->table, req->uvm, now);
+        ul_broker_undo_lost(b);
         if (rc == 0) {
             ul_event e;
             memset(&e, 0, sizeof e);
@@ -662,6 +674,7 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
                          signalled);
         } else {
             rc = lt_revoke(b->table, req->uvm, req->pid, now);
+            ul_broker_undo_lost(b); /* the next waiters' grants may be lost */
         }
         if (rc == 0) {
             ul_event e;

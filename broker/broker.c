@@ -124,6 +124,7 @@ static void s_proc_gone(uvmlease_broker *b, bproc *p, lt_reason reason)
     if (p->owner) {
         s_drop_routes(p->owner);
         lt_owner_exit(b->table, p->owner, reason, now);
+        ul_broker_undo_lost(b);
     }
     ul_broker_proc_gone_hook(b, p);
     /* lt_owner_exit's events may have queued it for an idle check. */
@@ -255,6 +256,8 @@ static void s_proc_forget(uvmlease_broker *b, bproc *p)
 
 void ul_broker_proc_check_idle(uvmlease_broker *b)
 {
+    /* Undoing a lost grant ends a lease, which can leave a process idle. */
+    ul_broker_undo_lost(b);
     while (!ul_list_empty(&b->check)) {
         bproc *p = ul_container_of(b->check.next, bproc, check_link);
         ul_list_remove(&p->check_link);
@@ -308,13 +311,57 @@ int ul_broker_encode(uvmlease_broker *b, ul_reply *rep)
     return rc;
 }
 
-int ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
+static int s_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
 {
     if (!to || to->len == 0)
         return -1;
     if (ul_broker_encode(b, rep) != 0)
         return -2;
     return ul_broker_send_raw(b, to, b->out.data, b->out.len);
+}
+
+int ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
+{
+    int rc = s_send(b, to, rep);
+    if (rc != 0 && (unsigned)rep->kind < sizeof b->undelivered / sizeof b->undelivered[0])
+        b->undelivered[rep->kind]++;
+    return rc;
+}
+
+/* ---- lost grants -------------------------------------------------------- */
+
+void ul_broker_grant_lost(uvmlease_broker *b, const lt_lease *l, int sent)
+{
+    char pidbuf[16], lease[24];
+    snprintf(pidbuf, sizeof pidbuf, "%u", l->pid);
+    s_u64(lease, sizeof lease, l->id);
+    ul_log(&b->log, UL_LOG_WARN, "grant undeliverable", "uvm", l->uvm->id, "pid", pidbuf, "lease",
+           lease, "why", sent == -1 ? "connection gone" : "connection full", NULL);
+    if (b->n_lost == b->lost_cap) {
+        uint32_t ncap = b->lost_cap ? b->lost_cap * 2 : 16;
+        uint64_t *n = realloc(b->lost, ncap * sizeof *n);
+        if (!n) {
+            /* The lease stays with a holder that does not know it until
+             * that process exits or cancels the acquire. */
+            ul_log(&b->log, UL_LOG_ERROR, "cannot undo an undeliverable grant", "lease", lease,
+                   NULL);
+            return;
+        }
+        b->lost = n;
+        b->lost_cap = ncap;
+    }
+    b->lost[b->n_lost++] = l->id;
+}
+
+void ul_broker_undo_lost(uvmlease_broker *b)
+{
+    while (b->n_lost > 0) {
+        uint64_t id = b->lost[--b->n_lost];
+        lt_lease *l = lt_lease_find(b->table, id);
+        /* Gone already (its holder exited meanwhile): nothing to undo. */
+        if (l && l->owner)
+            lt_release_as(b->table, l->owner, id, LT_R_UNDELIVERABLE, ul_now_ms());
+    }
 }
 
 void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
@@ -388,7 +435,11 @@ static void s_on_event(void *ctx, const lt_event *ev)
             rep.lease = l->id;
             rep.fence = l->fence;
             snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
-            ul_broker_send(b, ev->waiter->user, &rep);
+            int sent = ul_broker_send(b, ev->waiter->user, &rep);
+            /* A holder that never learns of its grant would keep the UVM
+             * for its whole life: undone once the table call returns. */
+            if (sent != 0)
+                ul_broker_grant_lost(b, l, sent);
         }
         break;
     }
@@ -411,7 +462,10 @@ static void s_on_event(void *ctx, const lt_event *ev)
             rep.has_holder = true;
             ul_broker_fill_holder(b, ev->holder, ev->now, &rep.holder, false);
         }
-        ul_broker_send(b, w->user, &rep);
+        if (ul_broker_send(b, w->user, &rep) != 0)
+            /* Nothing to undo: the waiter is gone either way. */
+            ul_log(&b->log, UL_LOG_INFO, "acquire end undeliverable", "uvm", w->uvm->id, "pid",
+                   pidbuf, NULL);
         free(w->user);
         ev->waiter->user = NULL;
         s_proc_inactive(b, w->owner);
@@ -433,7 +487,10 @@ static void s_on_event(void *ctx, const lt_event *ev)
             rep.lease = l->id;
             snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
             snprintf(rep.reason, sizeof rep.reason, "%s", lt_reason_name(ev->reason));
-            ul_broker_send(b, l->user, &rep);
+            /* Nothing to undo: its later calls on the lease get "revoked". */
+            if (ul_broker_send(b, l->user, &rep) != 0)
+                ul_log(&b->log, UL_LOG_WARN, "revoke notice undeliverable", "uvm", l->uvm->id,
+                       "pid", pidbuf, "lease", lease, NULL);
         }
         ul_persist_release(b, l->id);
         free(l->user);
@@ -662,6 +719,7 @@ static void *s_run(void *arg)
              * release is processed, and the table refuses to grant a
              * waiter whose deadline has passed in any case. */
             lt_tick(b->table, ul_now_ms());
+            ul_broker_undo_lost(b);
             for (int i = 0; i < S_MAX_BATCH; i++)
                 if (!s_recv_one(b))
                     break;
@@ -696,6 +754,7 @@ static void s_free(uvmlease_broker *b)
     }
     ul_broker_admin_free(b);
     ul_persist_close(b);
+    free(b->lost);
     lt_free(&b->table);
     ul_runtime_close(&b->rt);
     if (b->stop_efd >= 0)

@@ -80,6 +80,11 @@ struct uvmlease_broker {
     ul_list idle; /* processes with nothing held, least recently used first */
     uint32_t n_idle;
     ul_list check; /* processes a table event may have left idle */
+    /* Leases whose grant could not be sent, released (reason
+     * "undeliverable") once the table call that granted them returns. */
+    uint64_t *lost;
+    uint32_t n_lost, lost_cap;
+    uint64_t undelivered[UL_MSG_EVENT + 1]; /* messages not sent, by ul_msg_kind */
 
     ul_buf out;        /* reused for every outgoing message */
     uint32_t max_leases; /* leases plus waiters on the host */
@@ -103,12 +108,20 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
 void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p);
 /* Run maybe_forget on every process a table event touched. */
 void ul_broker_proc_check_idle(uvmlease_broker *b);
+/* A grant of l could not be sent (sent: the ul_broker_send result): log it
+ * and queue the lease (safe inside a table event) for ul_broker_undo_lost. */
+void ul_broker_grant_lost(uvmlease_broker *b, const lt_lease *l, int sent);
+/* Release every queued lost grant with reason "undeliverable"; the next
+ * waiters are granted, and their grants may be lost in turn. Call after
+ * every table call that can grant. */
+void ul_broker_undo_lost(uvmlease_broker *b);
 /* Encode rep into b->out (0 or a status, logged). */
 int ul_broker_encode(uvmlease_broker *b, ul_reply *rep);
 /* Send encoded bytes to a route: 0, -1 if the peer is gone, -2 if not sent
  * (over its high-water mark). */
 int ul_broker_send_raw(uvmlease_broker *b, const broute *to, const void *data, size_t len);
-/* Encode and send: as ul_broker_send_raw, -2 also when encoding failed. */
+/* Encode and send: as ul_broker_send_raw, -2 also when encoding failed.
+ * A message not sent is counted by kind (stats "undelivered_total"). */
 int ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep);
 void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
                            bool with_phases);

@@ -842,6 +842,8 @@ const char *lt_reason_name(lt_reason r)
         return "revoked";
     case LT_R_KILLED:
         return "killed";
+    case LT_R_UNDELIVERABLE:
+        return "undeliverable";
     case LT_R_COUNT_:
     default:
         return "unknown";
@@ -850,6 +852,8 @@ const char *lt_reason_name(lt_reason r)
 
 bool lt_reason_abnormal(lt_reason r)
 {
+    /* Undeliverable is normal: the holder never learnt of its grant, so no
+     * host operation of its can be in flight. */
     return r == LT_R_HOLDER_EXIT || r == LT_R_REVOKED || r == LT_R_KILLED;
 }
 
@@ -1284,13 +1288,20 @@ static int s_owned_lease(lt_table *t, lt_owner *o, uint64_t lease_id, lt_lease *
 
 int lt_release(lt_table *t, lt_owner *o, uint64_t lease_id, uint64_t now)
 {
+    return lt_release_as(t, o, lease_id, LT_R_RELEASED, now);
+}
+
+int lt_release_as(lt_table *t, lt_owner *o, uint64_t lease_id, lt_reason reason, uint64_t now)
+{
+    if (reason != LT_R_RELEASED && reason != LT_R_UNDELIVERABLE)
+        return UVMLEASE_EINVAL;
     lt_lease *l;
     int rc = s_owned_lease(t, o, lease_id, &l);
     if (rc)
         return rc;
     now = s_clock(t, now);
     lt_uvm *u = l->uvm;
-    s_lease_end(t, l, LT_R_RELEASED, now);
+    s_lease_end(t, l, reason, now);
     s_uvm_kick(t, u, now);
     s_uvm_settle(t, u);
     s_cap_dispatch(t, now);
@@ -1360,6 +1371,11 @@ lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id)
 lt_waiter *lt_waiter_find(lt_table *t, lt_owner *o, uint64_t rid)
 {
     return t && o ? s_waiter_by_rid(t, o, rid) : NULL;
+}
+
+lt_lease *lt_lease_by_rid(lt_table *t, lt_owner *o, uint64_t rid)
+{
+    return t && o ? s_lease_by_rid(t, o, rid) : NULL;
 }
 
 bool lt_rid_known(lt_table *t, lt_owner *o, uint64_t rid)

@@ -67,6 +67,10 @@ typedef enum lt_reason {
     LT_R_HOLDER_EXIT,  /* "holder-exit": the holder process died */
     LT_R_REVOKED,      /* "revoked": forced release, mode revoke */
     LT_R_KILLED,       /* "killed": forced release, mode kill, death proven */
+    /* "undeliverable": the grant could not be sent, so its holder never
+     * learnt of it. Not abnormal (no quarantine): the holder never started
+     * work on the UVM. */
+    LT_R_UNDELIVERABLE,
     LT_R_COUNT_
 } lt_reason;
 
@@ -331,6 +335,10 @@ int lt_cancel(lt_table *t, lt_owner *o, uint64_t rid, uint64_t now);
 /* Release a lease the owner holds. 0, ENOLEASE, ENOTOWNER, or EREVOKED (it
  * was revoked/killed earlier). */
 int lt_release(lt_table *t, lt_owner *o, uint64_t lease_id, uint64_t now);
+/* As lt_release, with the reason recorded: LT_R_RELEASED or
+ * LT_R_UNDELIVERABLE (anything else is EINVAL: forced releases have their
+ * own calls). */
+int lt_release_as(lt_table *t, lt_owner *o, uint64_t lease_id, lt_reason reason, uint64_t now);
 
 /* Record a phase for the owner's lease. 0, ENOLEASE, ENOTOWNER, EREVOKED. */
 int lt_phase(lt_table *t, lt_owner *o, uint64_t lease_id, const char *phase, uint64_t now);
@@ -346,6 +354,8 @@ lt_uvm *lt_uvm_find(lt_table *t, const char *uvm);
 lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id);
 /* The owner's queued waiter with this rid, or NULL. O(1). */
 lt_waiter *lt_waiter_find(lt_table *t, lt_owner *o, uint64_t rid);
+/* The owner's lease granted by acquire `rid`, or NULL. O(1). */
+lt_lease *lt_lease_by_rid(lt_table *t, lt_owner *o, uint64_t rid);
 /* Whether the owner has a lease or waiter from acquire `rid`. O(1). */
 bool lt_rid_known(lt_table *t, lt_owner *o, uint64_t rid);
 

@@ -34,10 +34,13 @@ void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_req
     ul_broker_send(b, peer->route, &rep);
 }
 
-static void s_reply_ok(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+/* Success; released: the lease a cancel released (0: none). */
+static void s_reply_ok(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
+                       uint64_t released)
 {
     ul_reply rep;
     s_reply_init(&rep, req);
+    rep.lease = released;
     ul_broker_send(b, peer->route, &rep);
 }
 
@@ -49,6 +52,8 @@ static broute *s_route_copy(const broute *r)
     return c;
 }
 
+/* The grant as the acquire's reply. One that cannot be sent is undone at
+ * once: its holder would never know it has the UVM. */
 static void s_reply_granted(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
                             const lt_lease *l)
 {
@@ -57,7 +62,10 @@ static void s_reply_granted(uvmlease_broker *b, const ul_peer *peer, const ul_re
     rep.lease = l->id;
     rep.fence = l->fence;
     snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
-    ul_broker_send(b, peer->route, &rep);
+    int sent = ul_broker_send(b, peer->route, &rep);
+    if (sent != 0)
+        ul_broker_grant_lost(b, l, sent);
+    ul_broker_undo_lost(b);
 }
 
 static void s_reply_queued(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
@@ -132,6 +140,7 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     }
     if (rc == 0 && res.waiter) {
         s_reply_queued(b, peer, req, res.position);
+        ul_broker_undo_lost(b);
         return;
     }
     free(route);
@@ -152,6 +161,26 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     ul_broker_proc_maybe_forget(b, p);
 }
 
+/*
+ * Cancel: a waiting acquire is removed. One already granted to this process
+ * is released (reason "released": the process itself gives it up) and its
+ * lease id goes into the reply: a client cancels an acquire it has given up
+ * on, so it never used that lease, whose grant came too late or was lost
+ * (e.g. in a broker crash between journalling and sending it).
+ */
+static int s_cancel(uvmlease_broker *b, lt_owner *o, uint64_t rid, uint64_t now, uint64_t *released)
+{
+    int rc = lt_cancel(b->table, o, rid, now);
+    lt_lease *l = rc == UVMLEASE_ENOTWAITING ? lt_lease_by_rid(b->table, o, rid) : NULL;
+    if (!l)
+        return rc;
+    uint64_t id = l->id;
+    rc = lt_release(b->table, o, id, now);
+    if (rc == 0)
+        *released = id;
+    return rc;
+}
+
 /* cancel, release, phase: operations on something the caller already has. */
 static void s_owned_op(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
@@ -162,10 +191,11 @@ static void s_owned_op(uvmlease_broker *b, const ul_peer *peer, const ul_request
         return;
     }
     uint64_t now = ul_now_ms();
+    uint64_t released = 0;
     int rc;
     switch (req->op) {
     case UL_OP_CANCEL:
-        rc = lt_cancel(b->table, p->owner, req->target_rid, now);
+        rc = s_cancel(b, p->owner, req->target_rid, now, &released);
         break;
     case UL_OP_RELEASE:
         rc = lt_release(b->table, p->owner, req->lease, now);
@@ -174,10 +204,11 @@ static void s_owned_op(uvmlease_broker *b, const ul_peer *peer, const ul_request
         rc = lt_phase(b->table, p->owner, req->lease, req->phase, now);
         break;
     }
+    ul_broker_undo_lost(b); /* the release or cancel may have granted */
     if (rc)
         ul_broker_reply_error(b, peer, req, rc, NULL);
     else
-        s_reply_ok(b, peer, req);
+        s_reply_ok(b, peer, req, released);
     ul_broker_proc_maybe_forget(b, p);
 }
 
@@ -216,7 +247,7 @@ static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_requ
                               "the child is watched, but cannot be recorded yet");
         return;
     }
-    s_reply_ok(b, peer, req);
+    s_reply_ok(b, peer, req, 0);
 }
 
 static void s_hello(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)

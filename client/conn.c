@@ -217,8 +217,11 @@ static ul_reply *s_on_reply_locked(uvmlease *c, ul_req *r, ul_reply *rep)
     }
     if (r->op == UL_OP_CANCEL) {
         /* Whatever the answer, the abandoned acquire is settled: "ok"
-         * removed the waiter, "not-waiting" comes after its grant or
-         * failure (one connection keeps the broker's order). */
+         * removed the waiter, or released its grant (the reply names the
+         * lease) even if that grant never reached us (lost in a broker
+         * crash); "not-waiting" comes after its failure, or from an older
+         * broker after its grant (one connection keeps the broker's order;
+         * the grant was released on arrival). */
         ul_req *a = s_find_locked(c, r->target);
         if (a && a->op == UL_OP_ACQUIRE && !a->w)
             s_unlink_free_locked(c, a);
@@ -533,7 +536,9 @@ static void s_abandon_locked(uvmlease *c, ul_req *r)
     bool keep = false;
     if (!c->stop) {
         if (r->op == UL_OP_ACQUIRE && r->sent && !r->parked) {
-            /* The broker may have queued or even granted it already. */
+            /* The broker may have queued or even granted it already: the
+             * cancel removes the waiter or releases the grant, also one
+             * that never reaches us. */
             s_cancel_bg_locked(c, r->rid);
             keep = true;
         } else if (r->op == UL_OP_RELEASE || r->op == UL_OP_CANCEL) {

@@ -903,6 +903,8 @@ static const prom_help s_prom_help[] = {
     {"drained_waiters_total", "Waiting acquires failed because their UVM was drained."},
     {"overdue_total", "Leases flagged overdue (held longer than hold-warn)."},
     {"busy_refusals_total", "Try-once acquires refused because the lease was held."},
+    {"undelivered_total",
+     "Broker messages that could not be sent (connection gone or full), by kind."},
     {"rejected_messages_total", "Requests rejected, by error."},
     {"holders", "Leases held now."},
     {"waiters", "Acquires waiting now."},

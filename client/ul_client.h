@@ -9,8 +9,10 @@
  * messages to records by rid and signals the waiting caller's condition
  * variable. A record whose caller has gone (timeout, cancel, close) stays
  * with the connection as "background" work when its outcome still matters:
- * an abandoned acquire waits for its grant (released at once) or failure,
- * a release or cancel is re-sent until answered.
+ * an abandoned acquire is cancelled (the broker removes the waiter, or
+ * releases the lease if it was granted, even when the grant never arrives)
+ * and waits for its grant (released at once) or failure, a release or
+ * cancel is re-sent until answered.
  */
 #ifndef UL_CLIENT_H
 #define UL_CLIENT_H

@@ -244,6 +244,8 @@ static const field f_rep_more[] = {
     RP("more", FK_BOOL, 0, more),
     RP("journal", FK_NAME0, F_OPT | F_OMIT0, journal),
 };
+/* cancel: the lease released because the acquire had been granted already */
+static const field f_rep_cancel[] = {RP("lease", FK_U64, F_OPT | F_OMIT0, lease)};
 static const field f_rep_grant[] = {
     RP("rid", FK_U64NZ, 0, rid),
     RP("lease", FK_U64NZ, 0, lease),
@@ -878,6 +880,8 @@ static int reply_payload_decode(const msgpack_object *root, ul_reply *r)
         if (r->queued)
             return fields_decode(root, f_rep_position, NFIELDS(f_rep_position), r);
         return fields_decode(root, f_rep_granted, NFIELDS(f_rep_granted), r);
+    case UL_OP_CANCEL:
+        return fields_decode(root, f_rep_cancel, NFIELDS(f_rep_cancel), r);
     case UL_OP_LIST:
         rc = array_get(root, "uvms", true, UL_LIST_PAGE_MAX, &a);
         if (rc)
@@ -1345,6 +1349,9 @@ static int payload_count(const ul_reply *r, uint32_t *n)
     case UL_OP_ACQUIRE:
         *n = 1 + (r->queued ? NFIELDS(f_rep_position) : NFIELDS(f_rep_granted));
         return 0;
+    case UL_OP_CANCEL:
+        *n = fields_count(f_rep_cancel, NFIELDS(f_rep_cancel), r);
+        return 0;
     case UL_OP_LIST:
         if (r->n_uvms > UL_LIST_PAGE_MAX)
             return UVMLEASE_ELIMIT;
@@ -1379,6 +1386,8 @@ static int payload_encode(struct enc *e, const ul_reply *r)
         if (r->queued)
             return fields_encode(e, f_rep_position, NFIELDS(f_rep_position), r);
         return fields_encode(e, f_rep_granted, NFIELDS(f_rep_granted), r);
+    case UL_OP_CANCEL:
+        return fields_encode(e, f_rep_cancel, NFIELDS(f_rep_cancel), r);
     case UL_OP_LIST:
         if (r->n_uvms && !r->uvms)
             return UVMLEASE_EINVAL;

@@ -215,6 +215,13 @@ static void g_rep_release(ul_reply *r)
     r->rid = 6;
     r->op = UL_OP_RELEASE;
 }
+static void g_rep_cancel_released(ul_reply *r)
+{
+    rep_init(r, UL_MSG_REPLY);
+    r->rid = 5;
+    r->op = UL_OP_CANCEL;
+    r->lease = LEASE1;
+}
 static void g_rep_list(ul_reply *r)
 {
     rep_init(r, UL_MSG_REPLY);
@@ -389,6 +396,7 @@ static const golden_def s_golden[] = {
     {"version-error-reply", NULL, g_rep_version},
     {"unreadable-error-reply", NULL, g_rep_unreadable},
     {"release-reply", NULL, g_rep_release},
+    {"cancel-released-reply", NULL, g_rep_cancel_released},
     {"list-reply", NULL, g_rep_list},
     {"show-reply", NULL, g_rep_show},
     {"stats-reply", NULL, g_rep_stats},

@@ -1026,6 +1026,35 @@ Test(lease_table, release_errors)
     lt_free(&t);
 }
 
+Test(lease_table, undeliverable_release_grants_on_without_quarantine)
+{
+    lt_table *t = mk((lt_config){.quarantine_ms = 1000});
+    lt_owner *a = own(t, 10), *b = own(t, 11);
+    lt_lease *l = grant(t, a, U1, true, 1, 0);
+    uint64_t id = l->id;
+    queue(t, b, U1, true, 2, -1, 1);
+    cr_assert_eq(lt_lease_by_rid(t, a, 1), l);
+    cr_assert_null(lt_lease_by_rid(t, b, 1), "a rid is per owner");
+    cr_assert_null(lt_lease_by_rid(t, a, 2));
+    cr_assert_eq(lt_release_as(t, a, id, LT_R_REVOKED, 2), UVMLEASE_EINVAL,
+                 "forced releases have their own calls");
+    cr_assert_eq(lt_release_as(t, b, id, LT_R_UNDELIVERABLE, 2), UVMLEASE_ENOTOWNER);
+    ev_clear();
+    cr_assert_eq(lt_release_as(t, a, id, LT_R_UNDELIVERABLE, 3), 0);
+    cr_assert_eq(ev(LT_EV_RELEASED, 0)->reason, LT_R_UNDELIVERABLE);
+    const rec *g = ev(LT_EV_GRANTED, 0);
+    cr_assert_not_null(g, "the next waiter is granted at once: no quarantine");
+    cr_assert_eq(g->pid, 11);
+    cr_assert_eq(lt_uvm_find(t, U1)->quarantine_until, 0);
+    cr_assert_eq(lt_uvm_find(t, U1)->last.reason, LT_R_UNDELIVERABLE);
+    cr_assert_null(lt_lease_by_rid(t, a, 1), "the rid is forgotten with its lease");
+    cr_assert_eq(lt_stats_get(t)->releases[LT_R_UNDELIVERABLE], 1);
+    cr_assert_str_eq(lt_reason_name(LT_R_UNDELIVERABLE), "undeliverable");
+    cr_assert(!lt_reason_abnormal(LT_R_UNDELIVERABLE));
+    check(t);
+    lt_free(&t);
+}
+
 Test(lease_table, revoke_by_pid)
 {
     lt_table *t = mk((lt_config){0});

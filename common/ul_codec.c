@@ -461,6 +461,32 @@ static int object_check(const msgpack_object *o, uint32_t max_keys)
     return 0;
 }
 
+/*
+ * Every map in the message, the top-level one first and then in the order
+ * the maps begin in the bytes, is an object: at most max_keys keys, all
+ * strings, none twice. Maps the receiver does not read (under unknown keys,
+ * inside arrays) included: one rule for the whole message, so a peer cannot
+ * hide in a field it expects to be ignored what a known field would refuse.
+ * Recursion is bounded by the nesting limit ul_mp_check() enforced.
+ */
+static int maps_check(const msgpack_object *o, uint32_t max_keys)
+{
+    if (o->type == MSGPACK_OBJECT_ARRAY) {
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            int rc = maps_check(&o->via.array.ptr[i], max_keys);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return 0;
+    int rc = object_check(o, max_keys);
+    for (uint32_t i = 0; !rc && i < o->via.map.size; i++)
+        rc = maps_check(&o->via.map.ptr[i].val, max_keys);
+    return rc;
+}
+
 /* Any msgpack integer as unsigned: negative is out of range, not a type
  * error, since encoders in other languages may use signed forms. */
 static int get_uint(const msgpack_object *v, uint64_t *out)
@@ -618,20 +644,23 @@ static int unpack_checked(const void *buf, size_t len, msgpack_zone *zone, msgpa
 
 static int request_from_obj(const msgpack_object *root, ul_request *out)
 {
-    int rc = object_check(root, UL_MAX_MAP_REQUEST);
-    if (rc == UVMLEASE_EMALFORMED || root->type != MSGPACK_OBJECT_MAP)
+    /* PROTOCOL.md section 3, step 5: a message that is not a well-formed
+     * object names nothing (with a repeated key, which rid would it be?). */
+    if (root->type != MSGPACK_OBJECT_MAP)
+        return UVMLEASE_EBADTYPE;
+    int rc = maps_check(root, UL_MAX_MAP_REQUEST);
+    if (rc)
         return rc;
 
-    /* Best effort first, so that even a refused request gets an answer
-     * that names it. */
+    /* Step 6: read rid and op before any check, so that every refusal
+     * from here on names the request: rid when it is a uint other than 0,
+     * op when it names an op of this version. */
     const msgpack_object *rid = map_get(root, "rid");
     if (rid && rid->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
         out->rid = rid->via.u64;
     const msgpack_object *op = map_get(root, "op");
     if (op && op->type == MSGPACK_OBJECT_STR)
         out->op = ul_op_from_name(op->via.str.ptr, op->via.str.size);
-    if (rc)
-        return rc;
 
     rc = version_decode(root);
     if (rc)
@@ -942,7 +971,8 @@ static int reply_payload_decode(const msgpack_object *root, ul_reply *r)
 
 static int reply_from_obj(const msgpack_object *root, ul_reply *r)
 {
-    int rc = object_check(root, UL_MAX_OBJECT_KEYS);
+    int rc =
+        root->type == MSGPACK_OBJECT_MAP ? maps_check(root, UL_MAX_OBJECT_KEYS) : UVMLEASE_EBADTYPE;
     if (!rc)
         rc = version_decode(root);
     if (!rc)

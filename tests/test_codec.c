@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ul_proto.h"
+#include "testutil.h"
 #include "ul_text.h"
 
 TestSuite(codec, .timeout = 60);
@@ -536,99 +537,6 @@ static void expect_rep_eq(const ul_reply *a, const ul_reply *b, const char *ctx)
 
 /* ------------------------------------------------ PROTOCOL.md parsing */
 
-typedef struct doc_vector {
-    char name[64];
-    char kind[16];
-    unsigned char *bytes;
-    size_t len;
-} doc_vector;
-
-static char *read_protocol_md(void)
-{
-    char path[4096];
-    const char *src = getenv("UL_SOURCE_DIR");
-    if (src && *src) {
-        snprintf(path, sizeof path, "%s/common/PROTOCOL.md", src);
-    } else {
-        /* Run by hand: find the document beside this source file. */
-        snprintf(path, sizeof path, "%s", __FILE__);
-        char *slash = strrchr(path, '/');
-        if (slash)
-            *slash = '\0';
-        else
-            strcpy(path, ".");
-        strncat(path, "/../common/PROTOCOL.md", sizeof path - strlen(path) - 1);
-    }
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s (set UL_SOURCE_DIR)", path);
-    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
-    long sz = ftell(f);
-    cr_assert_gt(sz, 0);
-    rewind(f);
-    char *text = malloc((size_t)sz + 1);
-    cr_assert_not_null(text);
-    cr_assert_eq(fread(text, 1, (size_t)sz, f), (size_t)sz);
-    text[sz] = '\0';
-    fclose(f);
-    return text;
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Every "```golden name=N kind=K" block: hex bytes, with "#" comments. */
-static size_t parse_vectors(char *text, doc_vector *out, size_t max)
-{
-    size_t n = 0;
-    char *save = NULL;
-    doc_vector *cur = NULL;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!cur) {
-            if (strncmp(line, "```golden ", 10) != 0)
-                continue;
-            cr_assert_lt(n, max, "too many golden vectors");
-            cur = &out[n++];
-            memset(cur, 0, sizeof *cur);
-            char *nm = strstr(line, "name="), *kd = strstr(line, "kind=");
-            cr_assert(nm && kd, "golden block without name/kind: %s", line);
-            cr_assert_eq(sscanf(nm, "name=%63s", cur->name), 1);
-            cr_assert_eq(sscanf(kd, "kind=%15s", cur->kind), 1);
-            cur->bytes = malloc(UL_MAX_REPLY);
-            cr_assert_not_null(cur->bytes);
-            continue;
-        }
-        if (strncmp(line, "```", 3) == 0) {
-            cur = NULL;
-            continue;
-        }
-        for (const char *p = line; *p && *p != '#'; p++) {
-            if (*p == ' ' || *p == '\t' || *p == '\r')
-                continue;
-            int hi = hexval(p[0]), lo = hexval(p[1]);
-            cr_assert(hi >= 0 && lo >= 0, "%s: bad hex near '%s'", cur->name, p);
-            cr_assert_lt(cur->len, (size_t)UL_MAX_REPLY);
-            cur->bytes[cur->len++] = (unsigned char)(hi << 4 | lo);
-            p++;
-        }
-    }
-    cr_assert_null(cur, "unterminated golden block");
-    return n;
-}
-
-static void free_vectors(doc_vector *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(v[i].bytes);
-}
-
 static void expect_bytes_eq(const ul_buf *b, const unsigned char *want, size_t len,
                             const char *what, const char *name)
 {
@@ -646,15 +554,15 @@ static void expect_bytes_eq(const ul_buf *b, const unsigned char *want, size_t l
 
 Test(codec, golden_vectors_both_directions)
 {
-    char *text = read_protocol_md();
-    doc_vector vec[N_GOLDEN + 16];
-    size_t nv = parse_vectors(text, vec, sizeof vec / sizeof vec[0]);
+    char *text = ut_protocol_md();
+    ut_golden vec[N_GOLDEN + 16];
+    size_t nv = ut_golden_parse(text, vec, sizeof vec / sizeof vec[0]);
     cr_assert_eq(nv, N_GOLDEN, "PROTOCOL.md has %zu golden vectors, the test knows %zu", nv,
                  N_GOLDEN);
 
     for (size_t g = 0; g < N_GOLDEN; g++) {
         const golden_def *def = &s_golden[g];
-        const doc_vector *v = NULL;
+        const ut_golden *v = NULL;
         for (size_t i = 0; i < nv; i++)
             if (strcmp(vec[i].name, def->name) == 0)
                 v = &vec[i];
@@ -688,7 +596,7 @@ Test(codec, golden_vectors_both_directions)
         ul_buf_free(&fresh);
         ul_buf_free(&again);
     }
-    free_vectors(vec, nv);
+    ut_golden_free(vec, nv);
     free(text);
 }
 
@@ -1018,8 +926,117 @@ Test(codec, top_level_and_key_types)
     const unsigned char intkey[] = {0x84, 0xa1, 'v',  0x01, 0xa2, 'o', 'p',  0xa4, 'p', 'i',
                                     'n',  'g',  0xa3, 'r',  'i',  'd', 0x03, 0x07, 0x01};
     cr_assert_eq(ul_request_decode(intkey, sizeof intkey, &r), UVMLEASE_EBADTYPE);
-    cr_assert_eq(r.rid, 3);
-    cr_assert_eq(r.op, UL_OP_PING);
+    /* Not an object (section 3, step 5): nothing of it names the request. */
+    cr_assert_eq(r.rid, 0);
+    cr_assert_eq(r.op, UL_OP_NONE);
+}
+
+/* One key rule for every map at any depth (PROTOCOL.md sections 2 and 3),
+ * also under keys the receiver does not know. */
+Test(codec, every_map_is_an_object)
+{
+    ul_request r;
+    /* {"v":1,"op":"ping","rid":3,"x":{...}} */
+#define PING3_X                                                                                    \
+    0x84, 0xa1, 'v', 0x01, 0xa2, 'o', 'p', 0xa4, 'p', 'i', 'n', 'g', 0xa3, 'r', 'i', 'd', 0x03,    \
+        0xa1, 'x'
+    const unsigned char ok[] = {PING3_X, 0x81, 0xa1, 'a', 0x01};
+    cr_assert_eq(ul_request_decode(ok, sizeof ok, &r), 0);
+    const unsigned char intkey[] = {PING3_X, 0x81, 0x07, 0x01};
+    cr_assert_eq(ul_request_decode(intkey, sizeof intkey, &r), UVMLEASE_EBADTYPE);
+    cr_assert_eq(r.rid, 0, "a broken object names nothing");
+    cr_assert_eq(r.op, UL_OP_NONE);
+    const unsigned char dup[] = {PING3_X, 0x82, 0xa1, 'a', 0x01, 0xa1, 'a', 0x02};
+    cr_assert_eq(ul_request_decode(dup, sizeof dup, &r), UVMLEASE_EMALFORMED);
+    cr_assert_eq(r.rid, 0);
+    /* The first broken map decides: the top level before a nested one. */
+    const unsigned char both[] = {0x85, 0xa1, 'v',  0x01, 0xa1, 'x',  0x81, 0xa1, 'a',  0x01,
+                                  0xa1, 'x',  0x81, 0x07, 0x01, 0xa2, 'o',  'p',  0xa4, 'p',
+                                  'i',  'n',  'g',  0xa3, 'r',  'i',  'd',  0x03};
+    cr_assert_eq(ul_request_decode(both, sizeof both, &r), UVMLEASE_EMALFORMED);
+#undef PING3_X
+
+    /* Broker messages: a release reply with an unknown "x" holding
+     * [{...}] (maps inside arrays count too). */
+    ul_reply rep;
+#define REL_X                                                                                      \
+    0x87, 0xa1, 'v', 0x01, 0xa2, 'b', 'i', 0x07, 0xa4, 'k', 'i', 'n', 'd', 0xa5, 'r', 'e', 'p',    \
+        'l', 'y', 0xa3, 'r', 'i', 'd', 0x01, 0xa2, 'o', 'p', 0xa7, 'r', 'e', 'l', 'e', 'a', 's',   \
+        'e', 0xa3, 'e', 'r', 'r', 0x00, 0xa1, 'x', 0x91
+    const unsigned char rok[] = {REL_X, 0x81, 0xa1, 'a', 0x01};
+    cr_assert_eq(ul_reply_decode(rok, sizeof rok, &rep), 0);
+    ul_reply_free(&rep);
+    const unsigned char rint[] = {REL_X, 0x81, 0x07, 0x01};
+    cr_assert_eq(ul_reply_decode(rint, sizeof rint, &rep), UVMLEASE_EBADTYPE);
+    const unsigned char rdup[] = {REL_X, 0x82, 0xa1, 'a', 0x01, 0xa1, 'a', 0x02};
+    cr_assert_eq(ul_reply_decode(rdup, sizeof rdup, &rep), UVMLEASE_EMALFORMED);
+#undef REL_X
+}
+
+/* Which of rid and op an error reply can name, check by check
+ * (PROTOCOL.md section 3, "What an error reply carries"). */
+Test(codec, refusals_name_what_could_be_read)
+{
+    static const struct {
+        const char *what;
+        kv kvs[4];
+        size_t n;
+        int err;
+        uint64_t rid;
+        ul_op op;
+    } cases[] = {
+        {"version",
+         {KU("v", 2), KS("op", "ping"), KU("rid", 5)},
+         3,
+         UVMLEASE_EVERSION,
+         5,
+         UL_OP_PING},
+        {"no v", {KS("op", "ping"), KU("rid", 5)}, 2, UVMLEASE_EMISSING, 5, UL_OP_PING},
+        {"rid 0",
+         {KU("v", 1), KS("op", "ping"), KU("rid", 0)},
+         3,
+         UVMLEASE_EBADVALUE,
+         0,
+         UL_OP_PING},
+        {"rid negative",
+         {KU("v", 1), KS("op", "ping"), KN("rid", 4)},
+         3,
+         UVMLEASE_EBADVALUE,
+         0,
+         UL_OP_PING},
+        {"rid a string",
+         {KU("v", 1), KS("op", "ping"), KS("rid", "5")},
+         3,
+         UVMLEASE_EBADTYPE,
+         0,
+         UL_OP_PING},
+        {"no rid", {KU("v", 1), KS("op", "ping")}, 2, UVMLEASE_EMISSING, 0, UL_OP_PING},
+        {"unknown op",
+         {KU("v", 1), KS("op", "nope"), KU("rid", 5)},
+         3,
+         UVMLEASE_EUNKNOWNOP,
+         5,
+         UL_OP_NONE},
+        {"op not a string",
+         {KU("v", 1), KU("op", 1), KU("rid", 5)},
+         3,
+         UVMLEASE_EBADTYPE,
+         5,
+         UL_OP_NONE},
+        {"field",
+         {KU("v", 1), KS("op", "show"), KU("rid", 5), KS("uvm", "a b")},
+         4,
+         UVMLEASE_EBADUVM,
+         5,
+         UL_OP_SHOW},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ul_request r;
+        int rc = decode_kvs(cases[i].kvs, cases[i].n, &r);
+        cr_expect_eq(rc, cases[i].err, "%s: %s", cases[i].what, ul_status_name(rc));
+        cr_expect_eq(r.rid, cases[i].rid, "%s: rid %llu", cases[i].what, (unsigned long long)r.rid);
+        cr_expect_eq(r.op, cases[i].op, "%s: op %d", cases[i].what, (int)r.op);
+    }
 }
 
 Test(codec, value_ranges)
@@ -1429,7 +1446,7 @@ Test(codec, status_names_from_the_list)
 /* The error table of PROTOCOL.md must list every code, as the list says. */
 Test(codec, protocol_md_error_table_in_sync)
 {
-    char *text = read_protocol_md();
+    char *text = ut_protocol_md();
     int rows = 0;
 #define ROW_(sym, num, wire, msg)                                                                  \
     do {                                                                                           \

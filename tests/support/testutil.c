@@ -356,3 +356,98 @@ int ut_chan_get(ut_chan *c, int timeout_ms)
     char v;
     return read(c->fd[0], &v, 1) == 1 ? (unsigned char)v : -1;
 }
+
+/* ---- golden vectors ------------------------------------------------------ */
+
+char *ut_protocol_md(void)
+{
+    char path[4096];
+    const char *src = getenv("UL_SOURCE_DIR");
+    if (src && *src) {
+        snprintf(path, sizeof path, "%s/common/PROTOCOL.md", src);
+    } else {
+        /* Run by hand: find the document from this source file. */
+        snprintf(path, sizeof path, "%s", __FILE__);
+        char *slash = strrchr(path, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            strcpy(path, ".");
+        strncat(path, "/../../common/PROTOCOL.md", sizeof path - strlen(path) - 1);
+    }
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "cannot open %s (set UL_SOURCE_DIR)", path);
+    cr_assert_eq(fseek(f, 0, SEEK_END), 0);
+    long sz = ftell(f);
+    cr_assert_gt(sz, 0);
+    rewind(f);
+    char *text = malloc((size_t)sz + 1);
+    cr_assert_not_null(text);
+    cr_assert_eq(fread(text, 1, (size_t)sz, f), (size_t)sz);
+    text[sz] = '\0';
+    fclose(f);
+    return text;
+}
+
+static int s_hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+size_t ut_golden_parse(char *text, ut_golden *out, size_t max)
+{
+    size_t n = 0;
+    char *save = NULL;
+    ut_golden *cur = NULL;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!cur) {
+            if (strncmp(line, "```golden ", 10) != 0)
+                continue;
+            cr_assert_lt(n, max, "too many golden vectors");
+            cur = &out[n++];
+            memset(cur, 0, sizeof *cur);
+            char *nm = strstr(line, "name="), *kd = strstr(line, "kind=");
+            cr_assert(nm && kd, "golden block without name/kind: %s", line);
+            cr_assert_eq(sscanf(nm, "name=%63s", cur->name), 1);
+            cr_assert_eq(sscanf(kd, "kind=%15s", cur->kind), 1);
+            cur->bytes = malloc(UL_MAX_REPLY);
+            cr_assert_not_null(cur->bytes);
+            continue;
+        }
+        if (strncmp(line, "```", 3) == 0) {
+            cur = NULL;
+            continue;
+        }
+        for (const char *p = line; *p && *p != '#'; p++) {
+            if (*p == ' ' || *p == '\t' || *p == '\r')
+                continue;
+            int hi = s_hexval(p[0]), lo = s_hexval(p[1]);
+            cr_assert(hi >= 0 && lo >= 0, "%s: bad hex near '%s'", cur->name, p);
+            cr_assert_lt(cur->len, (size_t)UL_MAX_REPLY);
+            cur->bytes[cur->len++] = (unsigned char)(hi << 4 | lo);
+            p++;
+        }
+    }
+    cr_assert_null(cur, "unterminated golden block");
+    return n;
+}
+
+const ut_golden *ut_golden_find(const ut_golden *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].name, name) == 0)
+            return &v[i];
+    return NULL;
+}
+
+void ut_golden_free(ut_golden *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i].bytes);
+}

@@ -52,6 +52,26 @@ void ut_broker_stop(struct uvmlease_broker **b, const char *dir);
 /* Path of a built binary: $UL_BUILD_DIR/<rel>, into out. */
 void ut_build_path(const char *rel, char *out, size_t outsz);
 
+/* ---- the golden vectors of common/PROTOCOL.md ---------------------------- */
+
+/* One "```golden name=N kind=K" block: its hex bytes ("#" starts a
+ * comment). */
+typedef struct ut_golden {
+    char name[64];
+    char kind[16];
+    unsigned char *bytes;
+    size_t len;
+} ut_golden;
+
+/* The text of common/PROTOCOL.md ($UL_SOURCE_DIR, else found from this
+ * source file); the caller frees it. Aborts the test on failure. */
+char *ut_protocol_md(void);
+/* Parse every golden block of text (modified in place) into out. */
+size_t ut_golden_parse(char *text, ut_golden *out, size_t max);
+/* The vector called name, or NULL. */
+const ut_golden *ut_golden_find(const ut_golden *v, size_t n, const char *name);
+void ut_golden_free(ut_golden *v, size_t n);
+
 #endif
 
 /* ---- a raw protocol client (ZeroMQ DEALER + the codec) ---------------- */

@@ -267,8 +267,13 @@ static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *re
         b->out.len = 0;
         int rc = ul_reply_encode(&rep, &b->out);
         bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
-        if (fits || limit == 1) {
-            if (!fits)
+        /* Only size is cured by a shorter page; anything else is answered
+         * "internal" at once (logged by ul_broker_encode). */
+        bool hopeless = rc != 0 && rc != UVMLEASE_ETOOLARGE;
+        if (fits || limit == 1 || hopeless) {
+            if (hopeless)
+                ul_broker_send(b, peer->route, &rep);
+            else if (!fits)
                 ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
             else if (ul_broker_send_raw(b, peer->route, b->out.data, b->out.len) != 0)
                 b->undelivered[UL_MSG_REPLY]++; /* already encoded: send those bytes */
@@ -528,7 +533,9 @@ void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev)
         /* The phase before this one just ended. */
         if (l->n_phases >= 2) {
             const ul_phase_rec *prev = &l->phases[l->n_phases - 2];
-            s_observe(&a->phase[s_phase_slot(prev->phase)], (ev->now - prev->at_ms) * 1000);
+            /* Time with the phase cleared ("") belongs to no phase. */
+            if (prev->phase[0])
+                s_observe(&a->phase[s_phase_slot(prev->phase)], (ev->now - prev->at_ms) * 1000);
         }
         s_event_from_lease(&e, UL_EV_PHASE, l);
         break;
@@ -541,9 +548,10 @@ void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev)
     case LT_EV_QUEUED: {
         const lt_waiter *w = ev->waiter;
         memset(&e, 0, sizeof e);
-        e.type = ev->type == LT_EV_QUEUED        ? UL_EV_QUEUED
-                 : ev->err == UVMLEASE_ETIMEDOUT ? UL_EV_TIMEOUT
-                                                 : UL_EV_CANCEL;
+        /* A deadline that passed while no grant could be recorded is a
+         * timeout too (PROTOCOL.md 6.3), not a cancel. */
+        bool deadline = ev->err == UVMLEASE_ETIMEDOUT || ev->err == UVMLEASE_EJOURNAL;
+        e.type = ev->type == LT_EV_QUEUED ? UL_EV_QUEUED : deadline ? UL_EV_TIMEOUT : UL_EV_CANCEL;
         snprintf(e.uvm, sizeof e.uvm, "%s", w->uvm->id);
         e.pid = w->owner ? w->owner->id.pid : 0;
         snprintf(e.label, sizeof e.label, "%s", w->label);
@@ -673,7 +681,9 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
                          "signalled %u process(es); the lease is handed on once they are dead",
                          signalled);
         } else {
+            b->revoke_reason = req->reason;
             rc = lt_revoke(b->table, req->uvm, req->pid, now);
+            b->revoke_reason = NULL;
             ul_broker_undo_lost(b); /* the next waiters' grants may be lost */
         }
         if (rc == 0) {

@@ -303,20 +303,46 @@ int ul_broker_encode(uvmlease_broker *b, ul_reply *rep)
     b->out.len = 0;
     int rc = ul_reply_encode(rep, &b->out);
     if (rc != 0) {
-        char code[16];
+        char code[16], rid[24];
         snprintf(code, sizeof code, "%d", rc);
+        s_u64(rid, sizeof rid, rep->rid);
+        const char *op = ul_op_name(rep->op);
         ul_log(&b->log, UL_LOG_ERROR, "cannot encode reply", "err", ul_status_name(rc), "code",
-               code, NULL);
+               code, "kind", rep->kind == UL_MSG_REPLY ? "reply" : "unasked", "rid", rid, "op",
+               op ? op : "", NULL);
     }
     return rc;
+}
+
+/* A reply that cannot be encoded is a broker bug, but the request must
+ * still be answered: a client would otherwise wait forever. The stand-in
+ * carries only what always encodes (rid, op, a fixed detail). */
+static int s_send_internal(uvmlease_broker *b, const broute *to, const ul_reply *failed, int why)
+{
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    rep.kind = UL_MSG_REPLY;
+    rep.rid = failed->rid;
+    rep.op = failed->op;
+    rep.err = UVMLEASE_EINTERNAL;
+    snprintf(rep.detail, sizeof rep.detail, "the broker could not encode its reply (%s)",
+             ul_status_name(why));
+    if (ul_broker_encode(b, &rep) != 0)
+        return -2;
+    return ul_broker_send_raw(b, to, b->out.data, b->out.len);
 }
 
 static int s_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
 {
     if (!to || to->len == 0)
         return -1;
-    if (ul_broker_encode(b, rep) != 0)
+    int rc = ul_broker_encode(b, rep);
+    if (rc != 0) {
+        /* Not delivered either way: a grant in it is undone by the caller. */
+        if (rep->kind == UL_MSG_REPLY)
+            s_send_internal(b, to, rep, rc);
         return -2;
+    }
     return ul_broker_send_raw(b, to, b->out.data, b->out.len);
 }
 
@@ -384,10 +410,13 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
     h->phase_ms = l->phase[0] ? now - l->phase_at : 0;
     h->overdue = l->overdue;
     if (with_phases) {
-        h->n_phases = l->n_phases;
+        /* The history shows the phases reported; a "" that cleared the
+         * phase is no phase (a phase-record's phase is never empty). */
         for (uint32_t i = 0; i < l->n_phases && i < UL_PHASES_MAX; i++) {
-            h->phases[i] = l->phases[i];
-            h->phases[i].at_ms = ul_broker_wall_of(b, l->phases[i].at_ms);
+            if (!l->phases[i].phase[0])
+                continue;
+            h->phases[h->n_phases] = l->phases[i];
+            h->phases[h->n_phases++].at_ms = ul_broker_wall_of(b, l->phases[i].at_ms);
         }
     }
 }
@@ -480,13 +509,16 @@ static void s_on_event(void *ctx, const lt_event *ev)
         ul_log(&b->log, ev->reason == LT_R_RELEASED ? UL_LOG_INFO : UL_LOG_WARN, "release", "uvm",
                l->uvm->id, "pid", pidbuf, "label", l->label, "lease", lease, "reason",
                lt_reason_name(ev->reason), "held_ms", dur, NULL);
-        if (ev->reason == LT_R_REVOKED || ev->reason == LT_R_KILLED) {
+        /* A killed holder is dead by the time its lease is released:
+         * nothing is sent for a kill (PROTOCOL.md 6.2). */
+        if (ev->reason == LT_R_REVOKED) {
             ul_reply rep;
             memset(&rep, 0, sizeof rep);
             rep.kind = UL_MSG_REVOKED;
             rep.lease = l->id;
             snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
-            snprintf(rep.reason, sizeof rep.reason, "%s", lt_reason_name(ev->reason));
+            snprintf(rep.reason, sizeof rep.reason, "%s",
+                     b->revoke_reason ? b->revoke_reason : lt_reason_name(ev->reason));
             /* Nothing to undo: its later calls on the lease get "revoked". */
             if (ul_broker_send(b, l->user, &rep) != 0)
                 ul_log(&b->log, UL_LOG_WARN, "revoke notice undeliverable", "uvm", l->uvm->id,

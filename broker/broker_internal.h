@@ -85,6 +85,9 @@ struct uvmlease_broker {
     uint64_t *lost;
     uint32_t n_lost, lost_cap;
     uint64_t undelivered[UL_MSG_EVENT + 1]; /* messages not sent, by ul_msg_kind */
+    /* The administrator's reason while a force-release revoke runs: the
+     * "revoked" notice carries it. */
+    const char *revoke_reason;
 
     ul_buf out;        /* reused for every outgoing message */
     uint32_t max_leases; /* leases plus waiters on the host */

@@ -267,8 +267,9 @@ void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data,
     if (rc) {
         char detail[UL_MAX_DETAIL + 1];
         if (rc == UVMLEASE_EVERSION)
-            snprintf(detail, sizeof detail, "this broker speaks protocol version %d",
-                     UL_PROTO_VERSION);
+            /* PROTOCOL.md section 4: the versions supported, in a form a
+             * client of any version can show. */
+            snprintf(detail, sizeof detail, "supported: %d", UL_PROTO_VERSION);
         else
             snprintf(detail, sizeof detail, "%s", ul_status_message(rc));
         ul_broker_reply_error(b, peer, &req, rc, detail);

@@ -188,13 +188,6 @@ static void s_finish_locked(uvmlease *c, ul_req *r, ul_reply *rep, int local_err
 static ul_reply *s_on_outcome_locked(uvmlease *c, ul_req *r, ul_reply *rep)
 {
     bool granted = rep->kind == UL_MSG_GRANT || (rep->kind == UL_MSG_REPLY && rep->err == 0);
-    if (!granted && rep->err == UVMLEASE_ESHUTDOWN && r->w) {
-        /* A stopping broker is not a refusal: its successor gets the
-         * request again when a new instance id shows up (SPEC §5). */
-        r->parked = true;
-        r->queued = false;
-        return rep;
-    }
     if (r->w) {
         s_finish_locked(c, r, rep, 0);
         return NULL;
@@ -248,27 +241,6 @@ static void s_on_revoked_locked(uvmlease *c, const ul_reply *rep)
     }
 }
 
-/* A parked acquire was concluded ("shutdown"), so the successor is asked
- * with a new rid (PROTOCOL.md 7.2: a concluded rid is never re-sent). */
-static int s_renumber(ul_req *r)
-{
-    ul_request q;
-    int rc = ul_request_decode(r->msg.data, r->msg.len, &q);
-    if (rc)
-        return rc;
-    q.rid = ul_client_rid();
-    ul_buf b = {0};
-    rc = ul_request_encode(&q, &b);
-    if (rc) {
-        ul_buf_free(&b);
-        return rc;
-    }
-    ul_buf_free(&r->msg);
-    r->msg = b;
-    r->rid = q.rid;
-    return 0;
-}
-
 /* A new broker instance: send it everything still outstanding. Waiting
  * acquires keep their rid, so a broker that restored them answers
  * idempotently (PROTOCOL.md section 8). */
@@ -280,16 +252,11 @@ static void s_resend_locked(uvmlease *c)
         ul_req *r = ul_container_of(pos, ul_req, link);
         if (r->op == UL_OP_ACQUIRE && !r->w)
             continue; /* abandoned: its cancel goes out instead */
-        if (r->parked && s_renumber(r) != 0) {
-            s_finish_locked(c, r, NULL, UVMLEASE_EINTERNAL);
-            continue;
-        }
-        if (r->sent || r->parked) {
+        if (r->sent) {
             r->need_send = true;
             r->resent = true;
         }
         r->queued = false;
-        r->parked = false;
     }
 }
 
@@ -535,7 +502,7 @@ static void s_abandon_locked(uvmlease *c, ul_req *r)
     r->w = NULL;
     bool keep = false;
     if (!c->stop) {
-        if (r->op == UL_OP_ACQUIRE && r->sent && !r->parked) {
+        if (r->op == UL_OP_ACQUIRE && r->sent) {
             /* The broker may have queued or even granted it already: the
              * cancel removes the waiter or releases the grant, also one
              * that never reaches us. */

@@ -54,7 +54,6 @@ typedef struct ul_req {
     bool sent;        /* sent at least once */
     uint64_t sent_ms; /* last send, monotonic */
     bool queued;      /* acquire: the broker said "queued" */
-    bool parked;      /* acquire: failed with "shutdown"; asked anew of the successor */
     bool resent;      /* sent again to a new broker instance */
     ul_waitctx *w;    /* the waiting caller, NULL for background work */
     bool done;        /* answered; rep set, unlinked, owned by the caller */

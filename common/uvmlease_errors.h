@@ -48,6 +48,7 @@
     X(ERESOURCE, 42, "resource", "a per-peer or broker-wide limit was reached")                    \
     X(ENOTIMPL, 43, "not-implemented", "operation not implemented by this broker")                 \
     X(EINTERNAL, 44, "internal", "internal broker error")                                          \
+    /* 45 is reserved: no broker sends it (PROTOCOL.md section 10). */                             \
     X(ESHUTDOWN, 45, "shutdown", "the broker is shutting down")                                    \
     X(EJOURNAL, 46, "journal-failing",                                                             \
       "the broker cannot record leases: exclusive grants are suspended until it can")              \

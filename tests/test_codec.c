@@ -210,6 +210,30 @@ static void g_rep_unreadable(ul_reply *r)
     rep_init(r, UL_MSG_REPLY);
     r->err = UVMLEASE_ETRUNCATED;
 }
+static void g_rep_not_an_object(ul_reply *r)
+{
+    rep_init(r, UL_MSG_REPLY);
+    r->err = UVMLEASE_EBADTYPE;
+}
+static void g_rep_bad_rid(ul_reply *r)
+{
+    rep_init(r, UL_MSG_REPLY);
+    r->op = UL_OP_PING;
+    r->err = UVMLEASE_EBADVALUE;
+}
+static void g_rep_unknown_op(ul_reply *r)
+{
+    rep_init(r, UL_MSG_REPLY);
+    r->rid = 5;
+    r->err = UVMLEASE_EUNKNOWNOP;
+}
+static void g_rep_field_error(ul_reply *r)
+{
+    rep_init(r, UL_MSG_REPLY);
+    r->rid = 10;
+    r->op = UL_OP_SHOW;
+    r->err = UVMLEASE_EBADUVM;
+}
 static void g_rep_release(ul_reply *r)
 {
     rep_init(r, UL_MSG_REPLY);
@@ -336,6 +360,12 @@ static void g_acquire_failed(ul_reply *r)
     r->has_holder = true;
     holder_fill(&r->holder, 4242, "containerd-shim", "ctr-0", "guest-create");
 }
+static void g_acquire_failed_cancelled(ul_reply *r)
+{
+    rep_init(r, UL_MSG_ACQUIRE_FAILED);
+    r->rid = 4;
+    r->err = UVMLEASE_ECANCELLED;
+}
 static void g_revoked(ul_reply *r)
 {
     rep_init(r, UL_MSG_REVOKED);
@@ -396,6 +426,10 @@ static const golden_def s_golden[] = {
     {"acquire-busy-reply", NULL, g_rep_acquire_busy},
     {"version-error-reply", NULL, g_rep_version},
     {"unreadable-error-reply", NULL, g_rep_unreadable},
+    {"not-an-object-error-reply", NULL, g_rep_not_an_object},
+    {"bad-rid-error-reply", NULL, g_rep_bad_rid},
+    {"unknown-op-error-reply", NULL, g_rep_unknown_op},
+    {"field-error-reply", NULL, g_rep_field_error},
     {"release-reply", NULL, g_rep_release},
     {"cancel-released-reply", NULL, g_rep_cancel_released},
     {"list-reply", NULL, g_rep_list},
@@ -403,6 +437,7 @@ static const golden_def s_golden[] = {
     {"stats-reply", NULL, g_rep_stats},
     {"grant", NULL, g_grant},
     {"acquire-failed", NULL, g_acquire_failed},
+    {"acquire-failed-cancelled", NULL, g_acquire_failed_cancelled},
     {"revoked", NULL, g_revoked},
     {"event-release", NULL, g_event_release},
     {"event-drain", NULL, g_event_drain},
@@ -580,9 +615,11 @@ Test(codec, golden_vectors_both_directions)
             cr_assert_eq(ul_request_encode(&got, &again), 0);
             expect_bytes_eq(&again, v->bytes, v->len, "re-encoded", def->name);
         } else {
-            cr_assert_str_eq(v->kind, "reply", "%s", def->name);
             ul_reply want, got;
             def->rep(&want);
+            /* Replies answer a request; the other kinds come unasked. */
+            cr_assert_str_eq(v->kind, want.kind == UL_MSG_REPLY ? "reply" : "unasked", "%s",
+                             def->name);
             cr_assert_eq(ul_reply_encode(&want, &fresh), 0, "%s: encode", def->name);
             expect_bytes_eq(&fresh, v->bytes, v->len, "encoded from the struct", def->name);
             int rc = ul_reply_decode(v->bytes, v->len, &got);

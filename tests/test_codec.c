@@ -272,6 +272,9 @@ static void g_rep_list(ul_reply *r)
     b->holders = calloc(2, sizeof *b->holders);
     cr_assert_not_null(b->holders);
     holder_fill(&b->holders[0], 5001, "shim-a", "c1", "");
+    /* Lease ids are unique across the broker, also in an example. */
+    b->holders[0].lease = LEASE1 + 4;
+    b->holders[0].fence = FENCE1 + 4;
     holder_fill(&b->holders[1], 5002, "shim-b", "c2", "guest-create");
     b->holders[1].lease = LEASE1 + 10;
     b->holders[1].fence = FENCE1 + 10;

@@ -74,6 +74,46 @@ static void s_path(char *dir, char *path, size_t n, const char *tag)
     snprintf(path, n, "%s/leases.journal", dir);
 }
 
+/* ---- injected write failures ------------------------------------------- */
+
+typedef struct s_fault {
+    atomic_int mode;  /* 0 pass, 1 fail (ENOSPC), 2 cut short after `cut` bytes */
+    atomic_int only4; /* fail only 4-byte writes (slot clears) */
+    size_t cut;
+    atomic_int writes;
+} s_fault;
+
+static ssize_t s_faulty(void *ctx, int fd, const void *buf, size_t n, off_t off)
+{
+    s_fault *f = ctx;
+    atomic_fetch_add(&f->writes, 1);
+    int mode = atomic_load(&f->mode);
+    if (mode == 0 || (atomic_load(&f->only4) && n != 4))
+        return pwrite(fd, buf, n, off);
+    if (mode == 2 && f->cut < n) {
+        ssize_t w = pwrite(fd, buf, f->cut, off);
+        errno = ENOSPC;
+        return w;
+    }
+    errno = ENOSPC;
+    return -1;
+}
+
+/* A fresh journal of `slots` in a new directory, its writes through f
+ * (NULL: plain pwrite). */
+static ul_journal *s_fresh(const char *tag, char *dir, char *path, uint32_t slots, s_fault *f)
+{
+    s_path(dir, path, 320, tag);
+    ul_journal *j = NULL;
+    ul_journal_load ld;
+    char err[512];
+    int rc = ul_journal_open(&j, path, slots, false, f ? s_faulty : NULL, f, &ld, err, sizeof err);
+    cr_assert_eq(rc, 0, "open %s: %s", path, err);
+    cr_assert(ld.created);
+    free(ld.recs);
+    return j;
+}
+
 Test(journal, round_trip_exact)
 {
     char dir[256], path[320];
@@ -127,10 +167,8 @@ Test(journal, round_trip_exact)
 Test(journal, releases_in_any_order)
 {
     char dir[256], path[320];
-    s_path(dir, path, sizeof path, "jord");
     ul_journal_load ld;
-    ul_journal *j = s_open_ok(path, 8, &ld);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jord", dir, path, 8, NULL);
     ul_jrec r;
     for (uint64_t id = 1; id <= 3; id++) {
         s_rec(&r, id, "ord@vm", "x");
@@ -147,41 +185,12 @@ Test(journal, releases_in_any_order)
     ut_rmrf(dir);
 }
 
-/* ---- injected write failures ------------------------------------------- */
-
-typedef struct s_fault {
-    atomic_int mode;  /* 0 pass, 1 fail (ENOSPC), 2 cut short after `cut` bytes */
-    atomic_int only4; /* fail only 4-byte writes (slot clears) */
-    size_t cut;
-    atomic_int writes;
-} s_fault;
-
-static ssize_t s_faulty(void *ctx, int fd, const void *buf, size_t n, off_t off)
-{
-    s_fault *f = ctx;
-    atomic_fetch_add(&f->writes, 1);
-    int mode = atomic_load(&f->mode);
-    if (mode == 0 || (atomic_load(&f->only4) && n != 4))
-        return pwrite(fd, buf, n, off);
-    if (mode == 2 && f->cut < n) {
-        ssize_t w = pwrite(fd, buf, f->cut, off);
-        errno = ENOSPC;
-        return w;
-    }
-    errno = ENOSPC;
-    return -1;
-}
-
 Test(journal, torn_record_rolled_back)
 {
-    char dir[256], path[320], err[512];
-    s_path(dir, path, sizeof path, "jtorn");
+    char dir[256], path[320];
     s_fault f = {.cut = 40};
-    ul_journal *j = NULL;
     ul_journal_load ld;
-    cr_assert_eq(ul_journal_open(&j, path, 8, false, s_faulty, &f, &ld, err, sizeof err), 0, "%s",
-                 err);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jtorn", dir, path, 8, &f);
     ul_jrec a, b;
     s_rec(&a, 1, "kept@vm", "a");
     s_rec(&b, 2, "torn@vm", "b");
@@ -207,13 +216,10 @@ Test(journal, torn_record_rolled_back)
 
 Test(journal, failed_release_is_retried)
 {
-    char dir[256], path[320], err[512];
-    s_path(dir, path, sizeof path, "jrel");
+    char dir[256], path[320];
     s_fault f = {0};
-    ul_journal *j = NULL;
     ul_journal_load ld;
-    cr_assert_eq(ul_journal_open(&j, path, 8, false, s_faulty, &f, &ld, err, sizeof err), 0);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jrel", dir, path, 8, &f);
     ul_jrec a;
     s_rec(&a, 1, "rel@vm", "a");
     cr_assert_eq(ul_journal_grant(j, &a), 0);
@@ -234,13 +240,10 @@ Test(journal, failed_release_is_retried)
 
 Test(journal, child_copy_wins_over_old_record)
 {
-    char dir[256], path[320], err[512];
-    s_path(dir, path, sizeof path, "jcow");
+    char dir[256], path[320];
     s_fault f = {0};
-    ul_journal *j = NULL;
     ul_journal_load ld;
-    cr_assert_eq(ul_journal_open(&j, path, 8, false, s_faulty, &f, &ld, err, sizeof err), 0);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jcow", dir, path, 8, &f);
     ul_jrec a;
     s_rec(&a, 5, "cow@vm", "a");
     cr_assert_eq(ul_journal_grant(j, &a), 0);
@@ -264,10 +267,8 @@ Test(journal, child_copy_wins_over_old_record)
 Test(journal, bounded_under_many_cycles)
 {
     char dir[256], path[320];
-    s_path(dir, path, sizeof path, "jcyc");
     ul_journal_load ld;
-    ul_journal *j = s_open_ok(path, 64, &ld);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jcyc", dir, path, 64, NULL);
     ul_jrec r;
     uint64_t id = 0;
     for (int i = 0; i < 50; i++) {
@@ -298,10 +299,8 @@ Test(journal, bounded_under_many_cycles)
 Test(journal, marks_survive_with_nothing_held)
 {
     char dir[256], path[320];
-    s_path(dir, path, sizeof path, "jhw");
     ul_journal_load ld;
-    ul_journal *j = s_open_ok(path, 4, &ld);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jhw", dir, path, 4, NULL);
     ul_jrec r;
     s_rec(&r, 7000000, "hw@vm", "");
     r.fence = UINT64_C(1) << 62;
@@ -320,10 +319,8 @@ Test(journal, marks_survive_with_nothing_held)
 Test(journal, resized_when_capacity_changes)
 {
     char dir[256], path[320];
-    s_path(dir, path, sizeof path, "jrsz");
     ul_journal_load ld;
-    ul_journal *j = s_open_ok(path, 16, &ld);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jrsz", dir, path, 16, NULL);
     ul_jrec r;
     for (uint64_t id = 1; id <= 3; id++) {
         s_rec(&r, id, "rs@vm", "x");
@@ -348,10 +345,7 @@ Test(journal, resized_when_capacity_changes)
 Test(journal, full_is_resource)
 {
     char dir[256], path[320];
-    s_path(dir, path, sizeof path, "jfull");
-    ul_journal_load ld;
-    ul_journal *j = s_open_ok(path, 2, &ld);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jfull", dir, path, 2, NULL);
     ul_jrec r;
     s_rec(&r, 1, "f@vm", "");
     cr_assert_eq(ul_journal_grant(j, &r), 0);
@@ -411,10 +405,8 @@ Test(journal, foreign_files_refused)
 Test(journal, invalid_record_stops_start_unless_forced)
 {
     char dir[256], path[320];
-    s_path(dir, path, sizeof path, "jinv");
     ul_journal_load ld;
-    ul_journal *j = s_open_ok(path, 8, &ld);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jinv", dir, path, 8, NULL);
     ul_jrec good, bad;
     s_rec(&good, 1, "good@vm", "");
     s_rec(&bad, 2, "bad@vm", "");
@@ -442,10 +434,8 @@ Test(journal, invalid_record_stops_start_unless_forced)
 Test(journal, lost_header_with_records_stops_start_unless_forced)
 {
     char dir[256], path[320];
-    s_path(dir, path, sizeof path, "jhdr");
     ul_journal_load ld;
-    ul_journal *j = s_open_ok(path, 8, &ld);
-    free(ld.recs);
+    ul_journal *j = s_fresh("jhdr", dir, path, 8, NULL);
     ul_jrec r;
     s_rec(&r, 9, "hdr@vm", "");
     cr_assert_eq(ul_journal_grant(j, &r), 0);

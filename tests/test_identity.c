@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,8 +44,10 @@ TestSuite(identity, .timeout = 120);
 static int s_io_full(int fd, void *buf, size_t n, bool rd)
 {
     for (size_t got = 0; got < n;) {
-        ssize_t k =
-            rd ? read(fd, (char *)buf + got, n - got) : write(fd, (const char *)buf + got, n - got);
+        /* MSG_NOSIGNAL: a connection the broker shut down must not kill
+         * the test with SIGPIPE. */
+        ssize_t k = rd ? read(fd, (char *)buf + got, n - got)
+                       : send(fd, (const char *)buf + got, n - got, MSG_NOSIGNAL);
         if (k < 0 && errno == EINTR)
             continue;
         if (k <= 0)
@@ -54,12 +57,20 @@ static int s_io_full(int fd, void *buf, size_t n, bool rd)
     return 0;
 }
 
+/* The socket address of an ipc:// endpoint (paths here are short). */
+static struct sockaddr_un s_sun(const char *ep)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(ep + 6);
+    memcpy(sa.sun_path, ep + 6, n < sizeof sa.sun_path ? n : sizeof sa.sun_path - 1);
+    return sa;
+}
+
 /* A blocking AF_UNIX connection to an ipc:// endpoint, 5 s I/O timeouts. */
 static int s_raw_connect(const char *ep)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", ep + 6);
+    struct sockaddr_un sa = s_sun(ep);
     struct timeval tv = {.tv_sec = 5};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -214,12 +225,12 @@ static uvmlease_broker *s_start(char *parent, const char *admin_group)
  * wrongly allowed or went wrong. */
 static char s_refused_all(int fd, uint64_t victim_lease)
 {
+    if (victim_lease && s_raw_op(fd, UL_OP_RELEASE, NULL, victim_lease) != UVMLEASE_EPEER)
+        return 'R';
     if (s_raw_op(fd, UL_OP_DRAIN, UVM_A, 0) != UVMLEASE_EPEER)
         return 'D';
     if (s_raw_op(fd, UL_OP_FORCE_RELEASE, UVM_A, 0) != UVMLEASE_EPEER)
         return 'F';
-    if (victim_lease && s_raw_op(fd, UL_OP_RELEASE, NULL, victim_lease) != UVMLEASE_EPEER)
-        return 'R';
     if (s_raw_op(fd, UL_OP_ACQUIRE, UVM_B, 0) != UVMLEASE_EPEER)
         return 'A';
     if (s_raw_op(fd, UL_OP_PING, NULL, 0) != UVMLEASE_EPEER)
@@ -468,5 +479,150 @@ Test(identity, half_open_connection_is_dropped)
     cr_assert_lt(waited, 9000, "a silent connection was kept %llu ms", (unsigned long long)waited);
     close(fd);
     uvmlease_broker_stop(&b);
+    ut_rmrf(parent);
+}
+
+/* ---- descriptor exhaustion ------------------------------------------------- */
+
+/* uvmleased with a descriptor limit of nofile (soft = hard), stderr into
+ * log; NULL-terminated extra args. */
+static pid_t s_spawn_daemon(const char *dir, const char *log, rlim_t nofile)
+{
+    char bin[512];
+    ut_build_path("uvmleased", bin, sizeof bin);
+    pid_t pid = ut_fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0)
+            dup2(fd, 2);
+        struct rlimit rl = {.rlim_cur = nofile, .rlim_max = nofile};
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            _exit(126);
+        execl(bin, bin, "--runtime-dir", dir, "--socket-group", "users", "--log-level", "warn",
+              (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static bool s_ping_once(const char *ep)
+{
+    void *s = ut_dealer(ep);
+    ul_request q;
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    ut_req(&q, UL_OP_PING);
+    int rc = ut_call(s, &q, &r, 2000);
+    ut_dealer_close(s);
+    ul_reply_free(&r);
+    return rc == 0 && r.err == 0;
+}
+
+static bool s_daemon_up(void *ep)
+{
+    struct stat st;
+    return stat((const char *)ep + 6, &st) == 0 && s_ping_once(ep);
+}
+
+/* A burst child: n non-blocking connects as fast as the kernel takes them,
+ * held until the flood child exits. */
+static void s_burst(const char *ep, int n, ut_chan *done)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    struct sockaddr_un sa = s_sun(ep);
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+            close(fd);
+    }
+    ut_chan_put(done, 'B');
+    pause();
+    _exit(0);
+}
+
+/* In a child, as nobody: S_BURSTS processes burst-connect S_BURST_N each
+ * (libzmq accepts them faster than the broker's thread can shut them down),
+ * then n blocking connections, every other one with a handshake. Reports
+ * 'F' then the counts; holds everything until go. */
+#define S_BURSTS  6
+#define S_BURST_N 1000
+static void s_flood(const char *ep, int n, ut_chan *rep, ut_chan *go)
+{
+    gid_t users = s_gid("users");
+    struct rlimit rl = {.rlim_cur = 4096, .rlim_max = 4096};
+    if (!s_become_nobody(&users, 1) || setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        _exit(2);
+    ut_chan done;
+    ut_chan_open(&done);
+    for (int k = 0; k < S_BURSTS; k++)
+        if (fork() == 0)
+            s_burst(ep, S_BURST_N, &done);
+    for (int k = 0; k < S_BURSTS; k++)
+        if (ut_chan_get(&done, 60000) != 'B')
+            _exit(4);
+    int opened = 0, served = 0;
+    for (int i = 0; i < n; i++) {
+        int fd = s_raw_connect(ep);
+        if (fd < 0)
+            continue;
+        opened++;
+        if (i % 2 == 0 && s_raw_handshake(fd) == 0)
+            served++;
+    }
+    int counts[2] = {opened, served};
+    ut_chan_put(rep, 'F');
+    if (write(rep->fd[1], counts, sizeof counts) != sizeof counts)
+        _exit(3);
+    ut_chan_get(go, 60000);
+    _exit(0);
+}
+
+/* One uid opens more connections than the daemon has descriptors. The
+ * daemon must stay up (libzmq 4.3.4 aborts on EMFILE in accept without the
+ * guard), keep a holder's lease and connection working, and serve another
+ * uid. */
+Test(identity, descriptor_exhaustion_keeps_the_daemon_serving, .timeout = 160)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to nobody");
+    char parent[256], dir[320], log[340], ep[400];
+    ut_tmpdir("nofile", parent, sizeof parent);
+    chmod(parent, 0755);
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    snprintf(log, sizeof log, "%s/log", parent);
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
+    pid_t d = s_spawn_daemon(dir, log, 128);
+    cr_assert(ut_wait_until(s_daemon_up, ep, 15000), "the daemon did not start");
+    void *holder = ut_dealer(ep);
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    cr_assert_eq(ut_acquire(holder, UVM_A, true, "holder", 0, &rep, NULL, NULL, 5000), 0);
+    uint64_t lease = rep.lease;
+    ul_reply_free(&rep);
+
+    ut_chan frep, fgo;
+    ut_chan_open(&frep);
+    ut_chan_open(&fgo);
+    uint64_t t0 = ul_now_ms();
+    pid_t f = ut_fork();
+    if (f == 0)
+        s_flood(ep, 600, &frep, &fgo);
+    int counts[2] = {0, 0};
+    int fl = ut_chan_get(&frep, 100000);
+    cr_assert_eq(fl, 'F', "the flood did not finish (%d)", fl == 'F' ? 0 : ut_wait_code(f, 1000));
+    cr_assert_eq(read(frep.fd[0], counts, sizeof counts), (ssize_t)sizeof counts);
+    cr_log_info("flood: %d burst connects, then 600 connects: %d connected, %d handshakes "
+                "accepted, %llu ms",
+                S_BURSTS * S_BURST_N, counts[0], counts[1], (unsigned long long)(ul_now_ms() - t0));
+    cr_assert_eq(waitpid(d, NULL, WNOHANG), 0, "the daemon died during the flood (see %s)", log);
+    cr_assert(s_ping_once(ep), "another uid is not served while the flood holds its connections");
+    cr_assert_eq(ut_release(holder, lease), 0, "the holder's connection no longer works");
+    ut_chan_put(&fgo, 'G');
+    cr_assert_eq(ut_wait_code(f, 30000), 0);
+    cr_assert(s_ping_once(ep));
+    cr_assert_eq(waitpid(d, NULL, WNOHANG), 0, "the daemon died after the flood");
+    ut_dealer_close(holder);
+    kill(d, SIGTERM);
+    cr_assert_eq(ut_wait_code(d, 10000), 0);
     ut_rmrf(parent);
 }

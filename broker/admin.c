@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "broker_internal.h"
+#include "conn.h"
 #include "ul_sys.h"
 
 #define S_MAX_WATCHERS             64
@@ -98,9 +99,11 @@ static bool s_is_admin(const uvmlease_broker *b, const ul_peer *peer)
 {
     if (peer->uid == 0)
         return true;
-    /* Peer-Address carries only the primary gid: read the supplementary
-     * groups from /proc. */
-    return b->have_admin_gid && ul_proc_in_group((pid_t)peer->pid, b->admin_gid);
+    /* The connection's credentials carry only the primary gid: read the
+     * supplementary groups of the pinned process (re-checked through its
+     * pidfd, so a process that reused the pid cannot lend its groups). With
+     * no admin group configured, only uid 0 is an administrator. */
+    return b->have_admin_gid && ul_conn_peer_in_group(peer, (uint32_t)b->admin_gid);
 }
 
 /* Whether a refused request may be audited now; counts the ones that
@@ -139,7 +142,8 @@ static void s_audit(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
     char uid[16], pid[16], comm[UL_MAX_COMM + 1], target[16] = "";
     snprintf(uid, sizeof uid, "%u", peer->uid);
     snprintf(pid, sizeof pid, "%u", peer->pid);
-    ul_proc_comm((pid_t)peer->pid, comm, sizeof comm);
+    /* Read when the process was pinned: /proc/<pid> may be another's now. */
+    snprintf(comm, sizeof comm, "%s", ul_conn_peer_comm(peer));
     if (req->op == UL_OP_FORCE_RELEASE && req->pid)
         snprintf(target, sizeof target, "%u", req->pid);
     const char *mode = req->op != UL_OP_FORCE_RELEASE ? ""
@@ -416,7 +420,7 @@ static void s_watch(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
 {
     ul_admin *a = s_admin(b);
     int err = 0;
-    bproc *p = a ? ul_broker_proc_get(b, peer->pid, peer->uid, &err) : NULL;
+    bproc *p = a ? ul_conn_peer_proc(b, peer, &err) : NULL;
     if (!p) {
         ul_broker_reply_error(b, peer, req, a ? err : UVMLEASE_ENOMEM, NULL);
         return;

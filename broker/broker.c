@@ -20,6 +20,7 @@
 #include <zmq.h>
 
 #include "broker_internal.h"
+#include "conn.h"
 #include "runtime.h"
 #include "ul_sys.h"
 #include "ul_text.h"
@@ -595,36 +596,6 @@ void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char
 
 /* ---- receiving --------------------------------------------------------- */
 
-/* Parse "localhost:<uid>:<gid>:<pid>" (the last three fields, digits
- * only). */
-static bool s_parse_peer(const char *s, uint32_t *uid, uint32_t *gid, uint32_t *pid)
-{
-    if (!s)
-        return false;
-    uint32_t v[3];
-    const char *end = s + strlen(s);
-    for (int i = 2; i >= 0; i--) {
-        const char *p = end;
-        while (p > s && p[-1] >= '0' && p[-1] <= '9')
-            p--;
-        if (p == end || end - p > 10)
-            return false;
-        uint64_t x = 0;
-        for (const char *q = p; q < end; q++)
-            x = x * 10 + (uint64_t)(*q - '0');
-        if (x > UINT32_MAX)
-            return false;
-        v[i] = (uint32_t)x;
-        if (p == s || p[-1] != ':')
-            return false;
-        end = p - 1;
-    }
-    *uid = v[0];
-    *gid = v[1];
-    *pid = v[2];
-    return true;
-}
-
 /* Receive one whole message. Returns 1 if one was handled, 0 if none was
  * waiting. */
 static int s_recv_one(uvmlease_broker *b)
@@ -652,8 +623,12 @@ static int s_recv_one(uvmlease_broker *b)
         zmq_msg_close(&body);
         return 1;
     }
-    uint32_t uid = 0, gid = 0, pid = 0;
-    bool cred = s_parse_peer(zmq_msg_gets(&body, "Peer-Address"), &uid, &gid, &pid);
+    /* Identity is the connection's pinned process, never the pid read at
+     * request time (conn.h). */
+    ul_peer peer = {.route = &route};
+    const char *why = NULL;
+    int refused = ul_conn_identify(b, &body, &peer, &why);
+    uint32_t pid = peer.pid;
     int extra = 0;
     if (zmq_msg_more(&body)) {
         /* Drain the remaining frames: one message, one body frame. */
@@ -666,22 +641,20 @@ static int s_recv_one(uvmlease_broker *b)
         }
         zmq_msg_close(&x);
     }
-    ul_peer peer = {.route = &route, .uid = uid, .gid = gid, .pid = pid};
     if (b->log.min_level <= UL_LOG_DEBUG) {
         char pidbuf[16], lenbuf[16];
         snprintf(pidbuf, sizeof pidbuf, "%u", pid);
         snprintf(lenbuf, sizeof lenbuf, "%zu", zmq_msg_size(&body));
         ul_log(&b->log, UL_LOG_DEBUG, "message", "pid", pidbuf, "bytes", lenbuf, NULL);
     }
-    if (!cred || pid == 0) {
-        /* Refused whatever it asks; decoding only finds the rid, so the
-         * client can match the refusal to its request. */
+    if (refused) {
+        /* Refused whatever it asks, before any table operation; decoding
+         * only finds the rid, so the client can match the refusal to its
+         * request. */
         ul_request req;
         ul_request_decode(zmq_msg_data(&body), zmq_msg_size(&body), &req);
-        ul_broker_reply_error(b, &peer, &req, UVMLEASE_EPEER,
-                              cred ? "peer pid is 0: another pid namespace"
-                                   : "no peer credentials");
-        ul_broker_log_reject(b, pid, UVMLEASE_EPEER, "credentials");
+        ul_broker_reply_error(b, &peer, &req, UVMLEASE_EPEER, why);
+        ul_broker_log_reject(b, pid, UVMLEASE_EPEER, why);
     } else if (extra) {
         ul_broker_reply_error(b, &peer, NULL, UVMLEASE_EMULTIPART, "send one frame per message");
         ul_broker_log_reject(b, pid, UVMLEASE_EMULTIPART, "frames");
@@ -711,11 +684,12 @@ static void *s_run(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
 
-    zmq_pollitem_t items[3] = {
+    zmq_pollitem_t items[3 + UL_CONN_NITEMS] = {
         {.socket = b->router, .events = ZMQ_POLLIN},
         {.fd = b->stop_efd, .events = ZMQ_POLLIN},
         {.fd = b->epfd, .events = ZMQ_POLLIN},
     };
+    ul_conn_pollitems(b, items + 3);
     for (;;) {
         uint64_t now = ul_now_ms();
         uint64_t next = lt_tick(b->table, now);
@@ -731,7 +705,7 @@ static void *s_run(void *arg)
             timeout = next > now ? (long)(next - now) : 0;
         if (timeout > 60000)
             timeout = 60000;
-        int rc = zmq_poll(items, 3, timeout);
+        int rc = zmq_poll(items, 3 + UL_CONN_NITEMS, timeout);
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -742,6 +716,9 @@ static void *s_run(void *arg)
         }
         if (items[1].revents & ZMQ_POLLIN)
             break;
+        /* Connections first: a message is identified by the process pinned
+         * when its connection was accepted. */
+        ul_conn_service(b, items + 3);
         /* Deaths first: a message that follows a death must not find the
          * dead holder still holding. */
         if (items[2].revents & ZMQ_POLLIN)
@@ -767,6 +744,7 @@ static void s_free(uvmlease_broker *b)
 {
     if (!b)
         return;
+    ul_conn_close(b);
     if (b->router)
         zmq_close(b->router);
     if (b->zctx)
@@ -901,6 +879,11 @@ static int s_open_socket(uvmlease_broker *b, char *err, size_t errsz)
         zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm) < 0) {
         snprintf(err, errsz, "cannot create socket: %s", zmq_strerror(zmq_errno()));
         return UVMLEASE_ESYSTEM;
+    }
+    rc = ul_conn_open(b, err, errsz);
+    if (rc) {
+        s_free(b);
+        return rc;
     }
     if (zmq_bind(b->router, b->rt.endpoint) < 0) {
         snprintf(err, errsz, "cannot bind %s: %s", b->rt.endpoint, zmq_strerror(zmq_errno()));

@@ -33,10 +33,15 @@ typedef struct broute {
     uint8_t id[255];
 } broute;
 
-/* The peer of the message being handled, from the kernel. */
+struct cpin; /* conn.c: the process pinned behind a connection */
+
+/* The peer of the message being handled: the process pinned behind its
+ * connection (conn.h), credentials from the kernel. */
 typedef struct ul_peer {
     const broute *route;
     uint32_t uid, gid, pid;
+    uint64_t start_time;
+    struct cpin *pin;
 } ul_peer;
 
 /* A client process the broker watches through a pidfd. */
@@ -55,6 +60,7 @@ typedef struct bproc {
 } bproc;
 
 struct ul_admin; /* admin.c */
+struct ul_conns; /* conn.c */
 
 struct uvmlease_broker {
     uvmlease_broker_config cfg; /* strings below are owned copies */
@@ -104,6 +110,7 @@ struct uvmlease_broker {
     uint64_t rejected_by_code[128];
 
     struct ul_admin *admin;
+    struct ul_conns *conns;
 };
 
 /* broker.c */

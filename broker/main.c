@@ -7,12 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #ifdef UL_HAVE_SYSTEMD
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "accept_guard.h"
 #include "uvmlease_broker.h"
 
 static void s_usage(FILE *f)
@@ -45,6 +47,19 @@ static int s_bad(const char *opt, const char *val, const char *why)
 {
     fprintf(stderr, "uvmleased: invalid value '%s' for %s: %s\n", val, opt, why);
     return 2;
+}
+
+/* Every connection costs descriptors, and the broker sizes its connection
+ * limits from the soft limit: take all the hard limit allows. Only the
+ * daemon does this; an embedded broker leaves process-wide limits alone. */
+static void s_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            fprintf(stderr, "uvmleased: cannot raise the descriptor limit: %s\n", strerror(errno));
+    }
 }
 
 static int s_parse_u64(const char *s, uint64_t max, uint64_t *out)
@@ -185,6 +200,8 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    s_raise_nofile();
+    ul_accept_guard_init();
     uvmlease_broker *b = NULL;
     pid_t other = 0;
     char err[512];

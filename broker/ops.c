@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "broker_internal.h"
+#include "conn.h"
 #include "ul_sys.h"
 
 static void s_reply_init(ul_reply *rep, const ul_request *req)
@@ -82,7 +83,7 @@ static void s_reply_queued(uvmlease_broker *b, const ul_peer *peer, const ul_req
 static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
     int err = 0;
-    bproc *p = ul_broker_proc_get(b, peer->pid, peer->uid, &err);
+    bproc *p = ul_conn_peer_proc(b, peer, &err);
     if (!p) {
         ul_broker_reply_error(b, peer, req, err, NULL);
         return;
@@ -185,7 +186,7 @@ static int s_cancel(uvmlease_broker *b, lt_owner *o, uint64_t rid, uint64_t now,
 static void s_owned_op(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
     int err = 0;
-    bproc *p = ul_broker_proc_get(b, peer->pid, peer->uid, &err);
+    bproc *p = ul_conn_peer_proc(b, peer, &err);
     if (!p) {
         ul_broker_reply_error(b, peer, req, err, NULL);
         return;
@@ -222,7 +223,7 @@ static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_requ
         return;
     }
     int err = 0;
-    bproc *p = ul_broker_proc_get(b, peer->pid, peer->uid, &err);
+    bproc *p = ul_conn_peer_proc(b, peer, &err);
     if (!p) {
         ul_broker_reply_error(b, peer, req, err, NULL);
         return;

@@ -8,8 +8,11 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -199,6 +202,74 @@ int ul_pidfd_open(pid_t pid)
 int ul_pidfd_send_signal(int pidfd, int sig)
 {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+int ul_proc_euid(pid_t pid, uint32_t *uid)
+{
+    char buf[4096];
+    const char *v = s_status_field(pid, "Uid", buf, sizeof buf);
+    if (!v)
+        return -1;
+    /* Uid: real effective saved fs */
+    char *end;
+    strtoul(v, &end, 10);
+    const char *e = end;
+    unsigned long eff = strtoul(e, &end, 10);
+    if (end == e || eff > UINT32_MAX)
+        return -1;
+    *uid = (uint32_t)eff;
+    return 0;
+}
+
+bool ul_pidfd_alive(int pidfd)
+{
+    struct pollfd pfd = {.fd = pidfd, .events = POLLIN};
+    return pidfd >= 0 && poll(&pfd, 1, 0) == 0;
+}
+
+int ul_sock_peercred(int fd, uint32_t *pid, uint32_t *uid, uint32_t *gid)
+{
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+        return -1;
+    if (len != sizeof cr) {
+        errno = EINVAL;
+        return -1;
+    }
+    *pid = (uint32_t)cr.pid;
+    *uid = (uint32_t)cr.uid;
+    *gid = (uint32_t)cr.gid;
+    return 0;
+}
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5; Debian 12's headers predate it */
+#endif
+
+int ul_sock_peer_pidfd(int fd)
+{
+    int pidfd = -1;
+    socklen_t len = sizeof pidfd;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0)
+        return -1;
+    if (len != sizeof pidfd || pidfd < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    return pidfd;
+}
+
+long ul_fd_count(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    long n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
 }
 
 uint64_t ul_random64(void)

@@ -38,6 +38,24 @@ int ul_pidfd_open(pid_t pid);
 /* pidfd_send_signal(2); -1 and errno on failure. */
 int ul_pidfd_send_signal(int pidfd, int sig);
 
+/* The process's effective uid from /proc/<pid>/status ("Uid:" second
+ * field). 0 on success, -1 when unreadable. */
+int ul_proc_euid(pid_t pid, uint32_t *uid);
+
+/* Whether the process behind a pidfd still runs (the pidfd is not readable:
+ * it becomes readable when the process exits). */
+bool ul_pidfd_alive(int pidfd);
+
+/* The kernel's credentials of a connected AF_UNIX socket's peer, taken at
+ * connect(2) (SO_PEERCRED). 0 or -1 and errno. */
+int ul_sock_peercred(int fd, uint32_t *pid, uint32_t *uid, uint32_t *gid);
+/* A pidfd for the exact process that connected (SO_PEERPIDFD, Linux 6.5
+ * and later), or -1 and errno (ENOPROTOOPT on older kernels). */
+int ul_sock_peer_pidfd(int fd);
+
+/* Descriptors this process has open now (entries of /proc/self/fd), or -1. */
+long ul_fd_count(void);
+
 /* 64 random bits from getrandom(2), never 0. */
 uint64_t ul_random64(void);
 

@@ -1,0 +1,14 @@
+/*
+ * accept_guard.h — uvmleased's accept4/accept wrappers for libzmq (see
+ * accept_guard.c): descriptor exhaustion drops one connection instead of
+ * aborting the daemon.
+ */
+#ifndef UL_ACCEPT_GUARD_H
+#define UL_ACCEPT_GUARD_H
+
+/* Take the reserved descriptor; call once at start, before the broker. */
+void ul_accept_guard_init(void);
+/* Connections dropped because descriptors ran out. */
+unsigned long ul_accept_guard_dropped(void);
+
+#endif

@@ -1,0 +1,628 @@
+// ctest-timeout: 180
+/*
+ * test_identity.c — identity belongs to the connection: a connection that
+ * outlives the process that opened it is refused, a process that reuses a
+ * pid inherits neither admin rights nor leases, admin needs uid 0 or the
+ * configured group, and a flood of connections beyond the descriptor limit
+ * leaves the daemon alive and serving.
+ *
+ * ZeroMQ sockets are not fork-safe, so the connections that are handed to a
+ * child are raw AF_UNIX sockets speaking a minimal ZMTP 3.0 NULL DEALER
+ * handshake (below).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "ul_sys.h"
+#include "uvmlease_broker.h"
+
+TestSuite(identity, .timeout = 120);
+
+#define UVM_A "identity-a@vm"
+#define UVM_B "identity-b@vm"
+
+/* ---- a raw ZMTP 3.0 NULL DEALER ------------------------------------------- */
+
+static int s_io_full(int fd, void *buf, size_t n, bool rd)
+{
+    for (size_t got = 0; got < n;) {
+        /* MSG_NOSIGNAL: a connection the broker shut down must not kill
+         * the test with SIGPIPE. */
+        ssize_t k = rd ? read(fd, (char *)buf + got, n - got)
+                       : send(fd, (const char *)buf + got, n - got, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        got += (size_t)k;
+    }
+    return 0;
+}
+
+/* The socket address of an ipc:// endpoint (paths here are short). */
+static struct sockaddr_un s_sun(const char *ep)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(ep + 6);
+    memcpy(sa.sun_path, ep + 6, n < sizeof sa.sun_path ? n : sizeof sa.sun_path - 1);
+    return sa;
+}
+
+/* A blocking AF_UNIX connection to an ipc:// endpoint, 5 s I/O timeouts. */
+static int s_raw_connect(const char *ep)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = s_sun(ep);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Read one frame: flags, then the body into *body (malloc'd). */
+static int s_raw_frame(int fd, uint8_t *flags, char **body, size_t *len)
+{
+    uint8_t h[9];
+    if (s_io_full(fd, h, 2, true) < 0)
+        return -1;
+    *flags = h[0];
+    uint64_t n = h[1];
+    if (h[0] & 0x02) {
+        if (s_io_full(fd, h + 2, 7, true) < 0)
+            return -1;
+        n = 0;
+        for (int i = 1; i < 9; i++)
+            n = (n << 8) | h[i];
+    }
+    if (n > (1u << 20))
+        return -1;
+    *body = malloc(n + 1);
+    *len = n;
+    return s_io_full(fd, *body, n, true);
+}
+
+/* Greeting and READY both ways. 0 when the broker accepted the handshake,
+ * -2 when it answered ERROR, -1 when the connection closed. */
+static int s_raw_handshake(int fd)
+{
+    uint8_t g[64] = {0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0, 'N', 'U', 'L', 'L'};
+    static const char ready[] = "\x05READY\x0bSocket-Type\x00\x00\x00\x06"
+                                "DEALER";
+    uint8_t cmd[2 + sizeof ready - 1] = {0x04, sizeof ready - 1};
+    memcpy(cmd + 2, ready, sizeof ready - 1);
+    uint8_t peer[64];
+    if (s_io_full(fd, g, sizeof g, false) < 0 || s_io_full(fd, peer, sizeof peer, true) < 0 ||
+        s_io_full(fd, cmd, sizeof cmd, false) < 0)
+        return -1;
+    uint8_t flags;
+    char *body = NULL;
+    size_t len = 0;
+    int rc = s_raw_frame(fd, &flags, &body, &len);
+    if (rc == 0)
+        rc = len > 6 && memcmp(body, "\x05READY", 6) == 0 ? 0 : -2;
+    free(body);
+    return rc;
+}
+
+static int s_raw_call(int fd, const ul_request *q, ul_reply *r)
+{
+    ul_buf b = {0};
+    if (ul_request_encode(q, &b) != 0)
+        return -1;
+    uint8_t h[9] = {0};
+    size_t hl = 2;
+    if (b.len < 256) {
+        h[1] = (uint8_t)b.len;
+    } else {
+        h[0] = 0x02;
+        for (int i = 0; i < 8; i++)
+            h[1 + i] = (uint8_t)((uint64_t)b.len >> (56 - 8 * i));
+        hl = 9;
+    }
+    int rc = s_io_full(fd, h, hl, false) || s_io_full(fd, b.data, b.len, false) ? -1 : 0;
+    ul_buf_free(&b);
+    while (rc == 0) {
+        uint8_t flags;
+        char *body = NULL;
+        size_t len = 0;
+        rc = s_raw_frame(fd, &flags, &body, &len);
+        if (rc == 0 && !(flags & 0x04)) {
+            rc = ul_reply_decode(body, len, r);
+            bool mine = rc == 0 && r->rid == q->rid;
+            free(body);
+            if (rc || mine)
+                return rc;
+            ul_reply_free(r);
+            continue;
+        }
+        free(body);
+    }
+    return rc;
+}
+
+/* Status of op (with uvm) sent on a raw connection, -1 without a reply. */
+static int s_raw_op(int fd, ul_op op, const char *uvm, uint64_t lease)
+{
+    ul_request q;
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    ut_req(&q, op);
+    if (uvm)
+        snprintf(q.uvm, sizeof q.uvm, "%s", uvm);
+    q.lease = lease;
+    q.mode = UL_FORCE_REVOKE;
+    q.timeout_ms = 0;
+    snprintf(q.reason, sizeof q.reason, "test");
+    if (s_raw_call(fd, &q, &r) != 0)
+        return -1;
+    int err = (int)r.err;
+    ul_reply_free(&r);
+    return err;
+}
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+/* Become nobody with these supplementary groups. */
+static bool s_become_nobody(const gid_t *groups, int n)
+{
+    struct passwd *pw = getpwnam("nobody");
+    return pw && setgroups((size_t)n, groups) == 0 && setgid(pw->pw_gid) == 0 &&
+           setuid(pw->pw_uid) == 0;
+}
+
+static gid_t s_gid(const char *name)
+{
+    struct group *gr = getgrnam(name);
+    cr_assert(gr, "group '%s' is expected on Debian", name);
+    return gr->gr_gid;
+}
+
+/* An in-process broker that nobody in group "users" may reach. */
+static uvmlease_broker *s_start(char *parent, const char *admin_group)
+{
+    char dir[320];
+    ut_tmpdir("ident", parent, 256);
+    chmod(parent, 0755);
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.runtime_dir = dir;
+    cfg.socket_group = "users";
+    cfg.admin_group = admin_group;
+    cfg.log_level = getenv("UL_TEST_VERBOSE") ? UL_LOG_DEBUG : UL_LOG_ERROR;
+    uvmlease_broker *b = NULL;
+    char err[256];
+    int rc = uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err);
+    if (rc)
+        return NULL;
+    ut_settle(uvmlease_broker_endpoint(b));
+    return b;
+}
+
+/* Codes a child reports: 'K' all refused as expected, others name what was
+ * wrongly allowed or went wrong. */
+static char s_refused_all(int fd, uint64_t victim_lease)
+{
+    if (victim_lease && s_raw_op(fd, UL_OP_RELEASE, NULL, victim_lease) != UVMLEASE_EPEER)
+        return 'R';
+    if (s_raw_op(fd, UL_OP_DRAIN, UVM_A, 0) != UVMLEASE_EPEER)
+        return 'D';
+    if (s_raw_op(fd, UL_OP_FORCE_RELEASE, UVM_A, 0) != UVMLEASE_EPEER)
+        return 'F';
+    if (s_raw_op(fd, UL_OP_ACQUIRE, UVM_B, 0) != UVMLEASE_EPEER)
+        return 'A';
+    if (s_raw_op(fd, UL_OP_PING, NULL, 0) != UVMLEASE_EPEER)
+        return 'P';
+    return 'K';
+}
+
+/* ---- a connection that outlives the process that opened it ------------------ */
+
+/* Child A (root) connects and is served, forks C (which drops to nobody and
+ * keeps the connection) and exits. C's requests on A's connection must all
+ * be refused: before, C was served as uid 0, an administrator. */
+Test(identity, connection_outliving_its_creator_is_refused)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to nobody");
+    gid_t users = s_gid("users");
+    char parent[256];
+    uvmlease_broker *b = s_start(parent, "staff");
+    cr_assert(b);
+    const char *ep = uvmlease_broker_endpoint(b);
+    ut_chan go, res;
+    ut_chan_open(&go);
+    ut_chan_open(&res);
+    pid_t a = ut_fork();
+    if (a == 0) {
+        int fd = s_raw_connect(ep);
+        if (fd < 0 || s_raw_handshake(fd) != 0 || s_raw_op(fd, UL_OP_PING, NULL, 0) != 0)
+            _exit(2);
+        if (fork() == 0) { /* C: no parent-death signal, bounded by alarm */
+            alarm(60);
+            if (!s_become_nobody(&users, 1))
+                _exit(3);
+            if (ut_chan_get(&go, 30000) != 'G')
+                _exit(4);
+            ut_chan_put(&res, s_refused_all(fd, 0));
+            _exit(0);
+        }
+        _exit(0);
+    }
+    cr_assert_eq(ut_wait_code(a, 10000), 0, "the creator could not connect");
+    ut_chan_put(&go, 'G');
+    int got = ut_chan_get(&res, 30000);
+    cr_assert_eq(got, 'K', "request on a connection whose creator exited was served: %c", got);
+    uvmlease_broker_stop(&b);
+    ut_rmrf(parent);
+}
+
+/* ---- pid reuse ------------------------------------------------------------- */
+
+/* Inside a private pid namespace (ns_last_pid makes reuse deterministic):
+ * returns a child code, 0 when the reuser inherited nothing. */
+static int s_reuse_scenario(const char *parent)
+{
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        return 20;
+    gid_t users = s_gid("users"), staff = s_gid("staff");
+    char dir[320];
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.runtime_dir = dir;
+    cfg.socket_group = "users";
+    cfg.admin_group = "staff";
+    cfg.log_level = UL_LOG_ERROR;
+    uvmlease_broker *b = NULL;
+    char err[256];
+    if (uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err) != 0)
+        return 21;
+    const char *ep = uvmlease_broker_endpoint(b);
+    ut_settle(ep);
+    ut_chan go, res, lease;
+    ut_chan_open(&go);
+    ut_chan_open(&res);
+    ut_chan_open(&lease);
+    /* A: an unprivileged process connects, hands the connection to C, exits. */
+    pid_t a = fork();
+    if (a == 0) {
+        int fd = -1;
+        if (!s_become_nobody(&users, 1) || (fd = s_raw_connect(ep)) < 0 ||
+            s_raw_handshake(fd) != 0 || s_raw_op(fd, UL_OP_PING, NULL, 0) != 0)
+            _exit(2);
+        if (fork() == 0) {
+            alarm(60);
+            if (ut_chan_get(&go, 30000) != 'G')
+                _exit(4);
+            uint64_t victim = 0;
+            if (read(lease.fd[0], &victim, sizeof victim) != sizeof victim)
+                _exit(5);
+            ut_chan_put(&res, s_refused_all(fd, victim));
+            _exit(0);
+        }
+        _exit(0);
+    }
+    int st = 0;
+    if (waitpid(a, &st, 0) != a || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return 22;
+    /* R: the next process gets A's pid; it is in the admin group and holds
+     * a lease on UVM_A. */
+    FILE *f = fopen("/proc/sys/kernel/ns_last_pid", "w");
+    if (!f || fprintf(f, "%d", (int)a - 1) < 0 || fclose(f) != 0)
+        return 23;
+    ut_chan held, done;
+    ut_chan_open(&held);
+    ut_chan_open(&done);
+    pid_t r = fork();
+    if (r == 0) {
+        gid_t both[2] = {users, staff};
+        if (!s_become_nobody(both, 2))
+            _exit(2);
+        void *s = ut_dealer(ep);
+        ul_reply rep;
+        memset(&rep, 0, sizeof rep);
+        if (ut_acquire(s, UVM_A, true, "reuser", 0, &rep, NULL, NULL, 10000) != 0)
+            _exit(3);
+        uint64_t l = rep.lease;
+        ul_reply_free(&rep);
+        if (write(lease.fd[1], &l, sizeof l) != sizeof l)
+            _exit(4);
+        ut_chan_put(&held, 'H');
+        if (ut_chan_get(&done, 30000) != 'D')
+            _exit(5);
+        _exit(ut_release(s, l) == 0 ? 0 : 6); /* still its lease */
+    }
+    if (r != a)
+        return 24; /* the pid was not reused: cannot tell */
+    if (ut_chan_get(&held, 20000) != 'H')
+        return 25;
+    ut_chan_put(&go, 'G');
+    int got = ut_chan_get(&res, 30000);
+    if (got != 'K')
+        return got > 0 ? got : 26; /* 'D', 'F', 'R', 'A', 'P': allowed */
+    ut_chan_put(&done, 'D');
+    if (waitpid(r, &st, 0) != r || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return 27;
+    uvmlease_broker_stop(&b);
+    return 0;
+}
+
+/* A process that gets the pid of a connection's exited creator (here:
+ * deterministic with ns_last_pid in a private pid namespace) must inherit
+ * neither its admin group (drain, force-release) nor its leases (release of
+ * the reuser's lease over the old connection). */
+Test(identity, reused_pid_inherits_neither_rights_nor_leases)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root for a pid namespace and ns_last_pid");
+    char parent[256];
+    ut_tmpdir("reuse", parent, sizeof parent);
+    chmod(parent, 0755);
+    pid_t y = ut_fork();
+    if (y == 0) {
+        if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0)
+            _exit(10);
+        pid_t z = fork();
+        if (z == 0)
+            _exit(s_reuse_scenario(parent));
+        int st = 0;
+        waitpid(z, &st, 0);
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 11);
+    }
+    int code = ut_wait_code(y, 90000);
+    if (code == 10 || code == 20)
+        cr_skip_test("cannot make a pid and mount namespace here (%d)", code);
+    cr_assert_neq(code, 24, "the pid was not reused");
+    cr_assert_eq(code, 0,
+                 "reuser's rights or lease reachable over the old connection: code %d (%c)", code,
+                 code > 32 ? code : '?');
+    ut_rmrf(parent);
+}
+
+/* ---- admin without an admin group ------------------------------------------ */
+
+/* No admin group configured: only uid 0 administers. nobody (who may
+ * connect: socket group) is refused drain, undrain and force-release. */
+Test(identity, no_admin_group_means_root_only)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to nobody");
+    gid_t users = s_gid("users");
+    char parent[256];
+    uvmlease_broker *b = s_start(parent, NULL);
+    cr_assert(b);
+    const char *ep = uvmlease_broker_endpoint(b);
+    pid_t p = ut_fork();
+    if (p == 0) {
+        gid_t groups[2] = {users, 0}; /* even in group root */
+        if (!s_become_nobody(groups, 2))
+            _exit(2);
+        void *s = ut_dealer(ep);
+        static const ul_op ops[] = {UL_OP_DRAIN, UL_OP_UNDRAIN, UL_OP_FORCE_RELEASE};
+        for (int i = 0; i < 3; i++) {
+            ul_request q;
+            ul_reply r;
+            memset(&r, 0, sizeof r);
+            ut_req(&q, ops[i]);
+            snprintf(q.uvm, sizeof q.uvm, UVM_A);
+            q.mode = UL_FORCE_REVOKE;
+            snprintf(q.reason, sizeof q.reason, "test");
+            if (ut_call(s, &q, &r, 5000) != 0)
+                _exit(3);
+            if (r.err != UVMLEASE_EPERM)
+                _exit(10 + i);
+            ul_reply_free(&r);
+        }
+        _exit(0);
+    }
+    int code = ut_wait_code(p, 20000);
+    cr_assert_eq(code, 0, "a non-root peer was not refused (code %d)", code);
+    /* root still may. */
+    void *s = ut_dealer(ep);
+    ul_request q;
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    ut_req(&q, UL_OP_DRAIN);
+    snprintf(q.uvm, sizeof q.uvm, UVM_A);
+    cr_assert_eq(ut_call(s, &q, &r, 5000), 0);
+    cr_assert_eq(r.err, 0, "root refused: %u", r.err);
+    ul_reply_free(&r);
+    ut_dealer_close(s);
+    uvmlease_broker_stop(&b);
+    ut_rmrf(parent);
+}
+
+/* ---- half-open connections ------------------------------------------------- */
+
+/* A connection that never sends its greeting is dropped after the
+ * handshake interval (2 s), not after libzmq's default 30 s. */
+Test(identity, half_open_connection_is_dropped)
+{
+    char parent[256];
+    uvmlease_broker *b = s_start(parent, NULL);
+    cr_assert(b);
+    int fd = s_raw_connect(uvmlease_broker_endpoint(b));
+    cr_assert_geq(fd, 0);
+    uint64_t t0 = ul_now_ms();
+    char buf[128];
+    ssize_t n;
+    /* The broker sends its greeting, then closes: read until the end. */
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (poll(&p, 1, 10000) > 0 && (n = read(fd, buf, sizeof buf)) > 0) {
+    }
+    uint64_t waited = ul_now_ms() - t0;
+    cr_log_info("half-open connection dropped after %llu ms", (unsigned long long)waited);
+    cr_assert_lt(waited, 9000, "a silent connection was kept %llu ms", (unsigned long long)waited);
+    close(fd);
+    uvmlease_broker_stop(&b);
+    ut_rmrf(parent);
+}
+
+/* ---- descriptor exhaustion ------------------------------------------------- */
+
+/* uvmleased with a descriptor limit of nofile (soft = hard), stderr into
+ * log; NULL-terminated extra args. */
+static pid_t s_spawn_daemon(const char *dir, const char *log, rlim_t nofile)
+{
+    char bin[512];
+    ut_build_path("uvmleased", bin, sizeof bin);
+    pid_t pid = ut_fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0)
+            dup2(fd, 2);
+        struct rlimit rl = {.rlim_cur = nofile, .rlim_max = nofile};
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            _exit(126);
+        execl(bin, bin, "--runtime-dir", dir, "--socket-group", "users", "--log-level", "warn",
+              (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static bool s_ping_once(const char *ep)
+{
+    void *s = ut_dealer(ep);
+    ul_request q;
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    ut_req(&q, UL_OP_PING);
+    int rc = ut_call(s, &q, &r, 2000);
+    ut_dealer_close(s);
+    ul_reply_free(&r);
+    return rc == 0 && r.err == 0;
+}
+
+static bool s_daemon_up(void *ep)
+{
+    struct stat st;
+    return stat((const char *)ep + 6, &st) == 0 && s_ping_once(ep);
+}
+
+/* A burst child: n non-blocking connects as fast as the kernel takes them,
+ * held until the flood child exits. */
+static void s_burst(const char *ep, int n, ut_chan *done)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    struct sockaddr_un sa = s_sun(ep);
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+            close(fd);
+    }
+    ut_chan_put(done, 'B');
+    pause();
+    _exit(0);
+}
+
+/* In a child, as nobody: S_BURSTS processes burst-connect S_BURST_N each
+ * (libzmq accepts them faster than the broker's thread can shut them down),
+ * then n blocking connections, every other one with a handshake. Reports
+ * 'F' then the counts; holds everything until go. */
+#define S_BURSTS  6
+#define S_BURST_N 1000
+static void s_flood(const char *ep, int n, ut_chan *rep, ut_chan *go)
+{
+    gid_t users = s_gid("users");
+    struct rlimit rl = {.rlim_cur = 4096, .rlim_max = 4096};
+    if (!s_become_nobody(&users, 1) || setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        _exit(2);
+    ut_chan done;
+    ut_chan_open(&done);
+    for (int k = 0; k < S_BURSTS; k++)
+        if (fork() == 0)
+            s_burst(ep, S_BURST_N, &done);
+    for (int k = 0; k < S_BURSTS; k++)
+        if (ut_chan_get(&done, 60000) != 'B')
+            _exit(4);
+    int opened = 0, served = 0;
+    for (int i = 0; i < n; i++) {
+        int fd = s_raw_connect(ep);
+        if (fd < 0)
+            continue;
+        opened++;
+        if (i % 2 == 0 && s_raw_handshake(fd) == 0)
+            served++;
+    }
+    int counts[2] = {opened, served};
+    ut_chan_put(rep, 'F');
+    if (write(rep->fd[1], counts, sizeof counts) != sizeof counts)
+        _exit(3);
+    ut_chan_get(go, 60000);
+    _exit(0);
+}
+
+/* One uid opens more connections than the daemon has descriptors. The
+ * daemon must stay up (libzmq 4.3.4 aborts on EMFILE in accept without the
+ * guard), keep a holder's lease and connection working, and serve another
+ * uid. */
+Test(identity, descriptor_exhaustion_keeps_the_daemon_serving, .timeout = 160)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to nobody");
+    char parent[256], dir[320], log[340], ep[400];
+    ut_tmpdir("nofile", parent, sizeof parent);
+    chmod(parent, 0755);
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    snprintf(log, sizeof log, "%s/log", parent);
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
+    pid_t d = s_spawn_daemon(dir, log, 128);
+    cr_assert(ut_wait_until(s_daemon_up, ep, 15000), "the daemon did not start");
+    void *holder = ut_dealer(ep);
+    ul_reply rep;
+    memset(&rep, 0, sizeof rep);
+    cr_assert_eq(ut_acquire(holder, UVM_A, true, "holder", 0, &rep, NULL, NULL, 5000), 0);
+    uint64_t lease = rep.lease;
+    ul_reply_free(&rep);
+
+    ut_chan frep, fgo;
+    ut_chan_open(&frep);
+    ut_chan_open(&fgo);
+    uint64_t t0 = ul_now_ms();
+    pid_t f = ut_fork();
+    if (f == 0)
+        s_flood(ep, 600, &frep, &fgo);
+    int counts[2] = {0, 0};
+    int fl = ut_chan_get(&frep, 100000);
+    cr_assert_eq(fl, 'F', "the flood did not finish (%d)", fl == 'F' ? 0 : ut_wait_code(f, 1000));
+    cr_assert_eq(read(frep.fd[0], counts, sizeof counts), (ssize_t)sizeof counts);
+    cr_log_info("flood: %d burst connects, then 600 connects: %d connected, %d handshakes "
+                "accepted, %llu ms",
+                S_BURSTS * S_BURST_N, counts[0], counts[1], (unsigned long long)(ul_now_ms() - t0));
+    cr_assert_eq(waitpid(d, NULL, WNOHANG), 0, "the daemon died during the flood (see %s)", log);
+    cr_assert(s_ping_once(ep), "another uid is not served while the flood holds its connections");
+    cr_assert_eq(ut_release(holder, lease), 0, "the holder's connection no longer works");
+    ut_chan_put(&fgo, 'G');
+    cr_assert_eq(ut_wait_code(f, 30000), 0);
+    cr_assert(s_ping_once(ep));
+    cr_assert_eq(waitpid(d, NULL, WNOHANG), 0, "the daemon died after the flood");
+    ut_dealer_close(holder);
+    kill(d, SIGTERM);
+    cr_assert_eq(ut_wait_code(d, 10000), 0);
+    ut_rmrf(parent);
+}

@@ -880,11 +880,9 @@ static int s_open_socket(uvmlease_broker *b, char *err, size_t errsz)
         snprintf(err, errsz, "cannot create socket: %s", zmq_strerror(zmq_errno()));
         return UVMLEASE_ESYSTEM;
     }
-    rc = ul_conn_open(b, err, errsz);
-    if (rc) {
-        s_free(b);
+    int rc = ul_conn_open(b, err, errsz);
+    if (rc)
         return rc;
-    }
     if (zmq_bind(b->router, b->rt.endpoint) < 0) {
         snprintf(err, errsz, "cannot bind %s: %s", b->rt.endpoint, zmq_strerror(zmq_errno()));
         return UVMLEASE_ESYSTEM;

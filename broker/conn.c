@@ -155,9 +155,9 @@ static cpin *s_tombstone(ul_conns *c, uint32_t pid, uint32_t uid, uint32_t gid, 
  * the pidfd still reports a running process afterwards: a process that has
  * exited may already have given its pid to another. */
 static int s_pin_process(int fd, uint32_t pid, uint32_t uid, uint64_t *start, const char **why,
-                         bool *exact)
+                         bool *exact, bool by_pid)
 {
-    int pidfd = ul_sock_peer_pidfd(fd);
+    int pidfd = by_pid ? -1 : ul_sock_peer_pidfd(fd);
     *exact = pidfd >= 0;
     if (pidfd < 0)
         pidfd = ul_pidfd_open((pid_t)pid);
@@ -191,7 +191,7 @@ static cpin *s_pin_for(uvmlease_broker *b, int fd, uint32_t pid, uint32_t uid, u
     const char *why = NULL;
     uint64_t start = 0;
     bool exact = false;
-    int pidfd = s_pin_process(fd, pid, uid, &start, &why, &exact);
+    int pidfd = s_pin_process(fd, pid, uid, &start, &why, &exact, b->cfg.pin_by_pid);
     if (!c->told_pidfd_kind && why != S_WHY_EXITED) {
         c->told_pidfd_kind = true;
         ul_log(&b->log, UL_LOG_INFO, "connection identity", "pinned_by",

@@ -49,6 +49,10 @@ typedef struct uvmlease_broker_config {
      * (pwrite semantics). NULL: pwrite. */
     ssize_t (*journal_write)(void *ctx, int fd, const void *buf, size_t n, off_t off);
     void *journal_write_ctx;
+    /* Pin a connection's process with pidfd_open(2) of its SO_PEERCRED pid
+     * even where the kernel offers SO_PEERPIDFD (Linux >= 6.5): the path
+     * Debian 12's 6.1 kernel takes, so tests can cover it. Default false. */
+    bool pin_by_pid;
     ul_log_level log_level; /* default UL_LOG_INFO */
     ul_log_sink log_sink;   /* NULL: stderr */
     void *log_ctx;

@@ -199,6 +199,10 @@ static gid_t s_gid(const char *name)
     return gr->gr_gid;
 }
 
+/* Pin by pidfd_open of the SO_PEERCRED pid (kernels before 6.5, Debian
+ * 12's among them) instead of SO_PEERPIDFD: the *_by_pid tests. */
+static bool s_pin_by_pid;
+
 /* An in-process broker that nobody in group "users" may reach. */
 static uvmlease_broker *s_start(char *parent, const char *admin_group)
 {
@@ -211,6 +215,7 @@ static uvmlease_broker *s_start(char *parent, const char *admin_group)
     cfg.runtime_dir = dir;
     cfg.socket_group = "users";
     cfg.admin_group = admin_group;
+    cfg.pin_by_pid = s_pin_by_pid;
     cfg.log_level = getenv("UL_TEST_VERBOSE") ? UL_LOG_DEBUG : UL_LOG_ERROR;
     uvmlease_broker *b = NULL;
     char err[256];
@@ -243,7 +248,20 @@ static char s_refused_all(int fd, uint64_t victim_lease)
 /* Child A (root) connects and is served, forks C (which drops to nobody and
  * keeps the connection) and exits. C's requests on A's connection must all
  * be refused: before, C was served as uid 0, an administrator. */
+static void s_outliving(void);
+
 Test(identity, connection_outliving_its_creator_is_refused)
+{
+    s_outliving();
+}
+
+Test(identity, connection_outliving_its_creator_is_refused_by_pid)
+{
+    s_pin_by_pid = true;
+    s_outliving();
+}
+
+static void s_outliving(void)
 {
     if (geteuid() != 0)
         cr_skip_test("needs root to switch to nobody");
@@ -296,6 +314,7 @@ static int s_reuse_scenario(const char *parent)
     cfg.runtime_dir = dir;
     cfg.socket_group = "users";
     cfg.admin_group = "staff";
+    cfg.pin_by_pid = s_pin_by_pid;
     cfg.log_level = UL_LOG_ERROR;
     uvmlease_broker *b = NULL;
     char err[256];
@@ -375,7 +394,20 @@ static int s_reuse_scenario(const char *parent)
  * deterministic with ns_last_pid in a private pid namespace) must inherit
  * neither its admin group (drain, force-release) nor its leases (release of
  * the reuser's lease over the old connection). */
+static void s_reused(void);
+
 Test(identity, reused_pid_inherits_neither_rights_nor_leases)
+{
+    s_reused();
+}
+
+Test(identity, reused_pid_inherits_neither_rights_nor_leases_by_pid)
+{
+    s_pin_by_pid = true;
+    s_reused();
+}
+
+static void s_reused(void)
 {
     if (geteuid() != 0)
         cr_skip_test("needs root for a pid namespace and ns_last_pid");

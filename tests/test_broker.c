@@ -775,3 +775,68 @@ Test(broker, unsafe_runtime_dirs_refused)
     cr_assert_null(b);
     ut_rmrf(parent);
 }
+
+/* The lock file is the broker's own, and binding never replaces what is
+ * not a dead socket of the broker's user: a regular file at the endpoint,
+ * or a live broker serving it from another runtime directory. */
+Test(broker, foreign_lock_and_endpoint_refused)
+{
+    char parent[256], rt[300], lock[320], other[320], ep[340], ep2[340], file[320];
+    ut_tmpdir("foreign", parent, sizeof parent);
+    snprintf(rt, sizeof rt, "%s/rt", parent);
+    snprintf(lock, sizeof lock, "%s/broker.lock", rt);
+    snprintf(other, sizeof other, "%s/elsewhere", parent);
+    cr_assert_eq(mkdir(rt, 0700), 0);
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.runtime_dir = rt;
+    cfg.max_leases = 16;
+    cfg.log_level = UL_LOG_ERROR + 1;
+    uvmlease_broker *b = NULL;
+    char err[512] = "";
+
+    int fd = open(other, O_WRONLY | O_CREAT, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(symlink(other, lock), 0);
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), UVMLEASE_ESYSTEM);
+    cr_assert(strstr(err, "symbolic link"), "%s", err);
+    unlink(lock);
+    fd = open(lock, O_WRONLY | O_CREAT, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(chmod(lock, 0666), 0);
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), UVMLEASE_ESYSTEM);
+    cr_assert(strstr(err, "not a file of the broker's own"), "%s", err);
+    unlink(lock);
+
+    /* A regular file where the socket would go is never removed. */
+    snprintf(file, sizeof file, "%s/not-a-socket", parent);
+    fd = open(file, O_WRONLY | O_CREAT, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    snprintf(ep, sizeof ep, "ipc://%s", file);
+    cfg.endpoint = ep;
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), UVMLEASE_ESYSTEM);
+    cr_assert(strstr(err, "not a socket"), "%s", err);
+    struct stat st;
+    cr_assert_eq(stat(file, &st), 0, "the file is still there");
+
+    /* A live broker on the endpoint, started from another runtime
+     * directory, keeps it. */
+    snprintf(ep2, sizeof ep2, "ipc://%s/live.sock", parent);
+    cfg.endpoint = ep2;
+    cr_assert_eq(uvmlease_broker_start(&cfg, &b, NULL, err, sizeof err), 0, "%s", err);
+    char rt2[320];
+    snprintf(rt2, sizeof rt2, "%s/rt2", parent);
+    uvmlease_broker_config cfg2 = cfg;
+    cfg2.runtime_dir = rt2;
+    uvmlease_broker *b2 = NULL;
+    pid_t other_pid = 0;
+    cr_assert_eq(uvmlease_broker_start(&cfg2, &b2, &other_pid, err, sizeof err), UVMLEASE_EBUSY,
+                 "%s", err);
+    cr_assert_eq(other_pid, getpid(), "names the live broker");
+    ut_settle(ep2); /* the first still answers */
+    uvmlease_broker_stop(&b);
+    ut_rmrf(parent);
+}

@@ -37,7 +37,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "broker_internal.h"
+#include "procs.h"
+#include "send.h"
 #include "ul_sys.h"
 #include "ul_text.h"
 

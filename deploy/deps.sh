@@ -8,8 +8,10 @@ pkgs=(ca-certificates build-essential cmake pkg-config
 if [ "${1:-}" = "--test" ]; then
   # Criterion for the tests, clang + compiler-rt for the sanitizer build and
   # libFuzzer, promtool to check the Prometheus output, util-linux for
-  # setpriv (tests run commands as nobody).
-  pkgs+=(libcriterion-dev clang libclang-rt-14-dev prometheus util-linux procps)
+  # setpriv (tests run commands as nobody); Go and Debian's msgpack for Go
+  # for the Go client (client/go, built offline from these packages).
+  pkgs+=(libcriterion-dev clang libclang-rt-14-dev prometheus util-linux procps
+         golang-go golang-github-vmihailenco-msgpack.v5-dev)
 fi
 
 missing=()

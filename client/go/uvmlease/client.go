@@ -102,7 +102,6 @@ type record struct {
 	sentAt    time.Time
 	resent    bool
 	queued    bool
-	parked    bool // acquire refused with shutdown: re-sent, renumbered, to the next broker
 	abandoned bool
 }
 
@@ -571,7 +570,7 @@ func (s *state) giveUp(r *record) {
 	switch r.req.Op {
 	case "acquire":
 		s.remove(r)
-		if r.sent && !r.parked {
+		if r.sent {
 			// The broker may have queued or even granted it: the cancel
 			// removes the waiter or releases the grant, also one that
 			// never reaches us. Until its answer the acquire stays known,
@@ -611,12 +610,6 @@ func (s *state) onCall(r *record) {
 // onOutcome: the final word on an acquire (refusal, grant, failure).
 func (s *state) onOutcome(r *record, m *wire.Message) {
 	granted := m.Kind == "grant" || (m.Kind == "reply" && m.Err == 0)
-	if !granted && Code(m.Err) == ErrShutdown && r.res != nil {
-		// A stopping broker is not a refusal: the next one gets the
-		// request, under a new rid since this one is concluded.
-		r.parked, r.queued = true, false
-		return
-	}
 	if !r.abandoned {
 		if granted {
 			s.leases[m.Lease] = &leaseState{}
@@ -696,17 +689,6 @@ func (s *state) onUp() {
 	for _, r := range append([]*record(nil), s.order...) {
 		if r.req.Op == "acquire" && r.abandoned {
 			continue
-		}
-		if r.parked {
-			delete(s.recs, r.req.RID)
-			r.req.RID = nextRID()
-			msg, err := wire.EncodeRequest(&r.req)
-			if err != nil {
-				s.finish(r, result{err: &Error{Op: "acquire", Code: ErrInternal, Err: err}})
-				continue
-			}
-			r.msg, r.parked, r.sent = msg, false, false
-			s.recs[r.req.RID] = r
 		}
 		r.queued = false
 		s.send(r)

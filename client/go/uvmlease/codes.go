@@ -40,7 +40,7 @@ const (
 	ErrResource       Code = 42 // resource
 	ErrNotImplemented Code = 43 // not-implemented
 	ErrInternal       Code = 44 // internal
-	ErrShutdown       Code = 45 // shutdown
+	ErrShutdown       Code = 45 // reserved: no broker sends it (PROTOCOL.md section 10)
 	ErrJournalFailing Code = 46 // journal-failing
 	ErrNoBroker       Code = 60 // no-broker
 	ErrInvalid        Code = 61 // invalid-argument
@@ -79,7 +79,7 @@ var codeTable = map[Code][2]string{
 	30: {"unknown-uvm", "the broker has no lease, waiter or drain for that UVM"},
 	31: {"duplicate", "a request with that id is already in progress"},
 	40: {"permission", "permission denied: uid 0 or the admin group is required"},
-	41: {"peer-refused", "peer refused: credentials unavailable or another pid namespace"},
+	41: {"peer-refused", "peer refused: the connection's process has exited, is in another pid namespace or cannot be identified"},
 	42: {"resource", "a per-peer or broker-wide limit was reached"},
 	43: {"not-implemented", "operation not implemented by this broker"},
 	44: {"internal", "internal broker error"},

@@ -24,7 +24,6 @@
 #include "lease_table.h"
 #include "runtime.h"
 #include "journal.h"
-#include "persist.h"
 #include "ul_log.h"
 #include "ul_proto.h"
 #include "uvmlease_broker.h"

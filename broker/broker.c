@@ -14,8 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -329,8 +327,8 @@ static int s_open_state(uvmlease_broker *b, char *err, size_t errsz)
         .ctx = b,
     };
     b->table = lt_new(&tc);
-    b->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    b->epfd = epoll_create1(EPOLL_CLOEXEC);
+    b->stop_efd = ul_wakeup_new();
+    b->epfd = ul_waitset_new();
     b->zctx = zmq_ctx_new();
     if (!b->table || b->stop_efd < 0 || b->epfd < 0 || !b->zctx) {
         snprintf(err, errsz, "cannot allocate broker resources: %s", strerror(errno));
@@ -431,10 +429,7 @@ void uvmlease_broker_stop(uvmlease_broker **bp)
     if (!bp || !*bp)
         return;
     uvmlease_broker *b = *bp;
-    uint64_t one = 1;
-    if (write(b->stop_efd, &one, sizeof one) < 0) {
-        /* eventfd writes only fail on overflow; the loop wakes anyway. */
-    }
+    ul_wakeup_signal(b->stop_efd);
     pthread_join(b->thread, NULL);
     const lt_stats *st = lt_stats_get(b->table);
     char h[24], w[24];

@@ -5,11 +5,9 @@
  */
 #include "procs.h"
 
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "kills.h"
@@ -83,7 +81,7 @@ static void s_proc_gone(uvmlease_broker *b, bproc *p, lt_reason reason)
     ul_log(&b->log, UL_LOG_DEBUG, "process exit", "pid", pidbuf, "comm", p->comm, NULL);
     s_proc_unlink(b, p);
     if (p->pidfd >= 0) {
-        epoll_ctl(b->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
+        ul_waitset_del(b->epfd, p->pidfd);
         close(p->pidfd);
     }
     if (p->owner) {
@@ -103,8 +101,7 @@ static void s_proc_gone(uvmlease_broker *b, bproc *p, lt_reason reason)
  * after its process died, and the pidfd says so.) */
 static bool s_proc_dead(const bproc *p)
 {
-    struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};
-    return poll(&pfd, 1, 0) > 0;
+    return !ul_pidfd_alive(p->pidfd);
 }
 
 static int s_proc_grow(uvmlease_broker *b)
@@ -166,8 +163,7 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
     /* The sender may have exited (and its pid been reused) before we got
      * here: if the pidfd already reports a death, the start time read may
      * be another process's. Nothing is held for a sender that is gone. */
-    struct pollfd gone = {.fd = fd, .events = POLLIN};
-    if (start == 0 || poll(&gone, 1, 0) != 0) {
+    if (start == 0 || !ul_pidfd_alive(fd)) {
         close(fd);
         *err = UVMLEASE_EPEER;
         return NULL;
@@ -191,8 +187,7 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
     lt_ident id = {.pid = pid, .uid = uid, .start_time = start};
     snprintf(id.comm, sizeof id.comm, "%s", p->comm);
     p->owner = lt_owner_new(b->table, &id);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
-    if (!p->owner || epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (!p->owner || ul_waitset_add(b->epfd, fd, p) < 0) {
         if (p->owner)
             lt_owner_free(b->table, p->owner);
         close(fd);
@@ -214,7 +209,7 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
 static void s_proc_forget(uvmlease_broker *b, bproc *p)
 {
     s_proc_unlink(b, p);
-    epoll_ctl(b->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
+    ul_waitset_del(b->epfd, p->pidfd);
     close(p->pidfd);
     lt_owner_free(b->table, p->owner);
     free(p);
@@ -265,10 +260,10 @@ void ul_proc_inactive(uvmlease_broker *b, const lt_owner *o)
 
 void ul_procs_reap(uvmlease_broker *b)
 {
-    struct epoll_event evs[64];
-    int n = epoll_wait(b->epfd, evs, 64, 0);
+    void *ready[64];
+    int n = ul_waitset_ready(b->epfd, ready, 64);
     for (int i = 0; i < n; i++) {
-        bproc *p = evs[i].data.ptr;
+        bproc *p = ready[i];
         s_proc_gone(b, p, p->kill_pending ? LT_R_KILLED : LT_R_HOLDER_EXIT);
     }
 }

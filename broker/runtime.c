@@ -14,6 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "ul_sys.h"
 #include "uvmlease_errors.h"
 
 #define S_ERR(...)                                                                                 \
@@ -284,8 +285,7 @@ int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const
     }
     /* An OFD lock belongs to this open file description: it conflicts even
      * with a second broker embedded in the same process. */
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
-    if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+    if (ul_file_lock(fd) < 0) {
         int e = errno;
         if (e == EAGAIN || e == EACCES) {
             pid_t p = s_lock_owner(fd);

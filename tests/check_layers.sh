@@ -23,6 +23,7 @@ common/ul_proto 1 peers
 common/ul_text 1 peers
 common/ul_log 1 peers
 common/ul_sys 1 peers
+common/ul_sys_linux.c 1 peers
 common/ul_codec 2 peers
 common/ul_errors 2 peers
 common/ul_mpcheck 2 peers

@@ -1051,6 +1051,88 @@ static uint32_t s_position(lt_waiter *w)
     return pos;
 }
 
+/* A re-send of a known (owner, rid): answer from what it became. 1 if
+ * known (*rc set), 0 if new. */
+static int s_acquire_known(lt_table *t, lt_owner *o, const lt_acquire_args *a,
+                           lt_acquire_result *res, int *rc)
+{
+    lt_lease *old = s_lease_by_rid(t, o, a->rid);
+    lt_waiter *oldw = old ? NULL : s_waiter_by_rid(t, o, a->rid);
+    if (!old && !oldw)
+        return 0;
+    lt_uvm *ou = old ? old->uvm : oldw->uvm;
+    bool conf = old ? ou->confidential : oldw->confidential;
+    *rc = 0;
+    if (strcmp(ou->id, a->uvm) != 0 || conf != a->confidential) {
+        *rc = UVMLEASE_EDUPLICATE;
+        return 1;
+    }
+    res->resent = true;
+    if (old) {
+        res->lease = old;
+    } else {
+        res->waiter = oldw;
+        res->position = s_position(oldw);
+    }
+    return 1;
+}
+
+/* Grant l at once if its record can be written. */
+static bool s_grant_now(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, const lt_acquire_args *a,
+                        uint64_t now)
+{
+    l->rid = a->rid;
+    s_copy(l->label, a->label ? a->label : "", UL_MAX_LABEL);
+    l->user = a->user;
+    l->waited_ms = 0;
+    s_lease_fill(t, u, l, o, now);
+    if (!s_persist(t, l))
+        return false;
+    s_lease_link(t, u, l, o);
+    s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .now = now});
+    return true;
+}
+
+/* Queue w (allocated, with its spare lease l) at the tail of u. */
+static void s_enqueue(lt_table *t, lt_uvm *u, lt_waiter *w, lt_lease *l, lt_owner *o,
+                      const lt_acquire_args *a, uint64_t deadline, uint64_t now)
+{
+    w->rid = a->rid;
+    w->uvm = u;
+    w->owner = o;
+    w->confidential = a->confidential;
+    s_copy(w->label, a->label ? a->label : "", UL_MAX_LABEL);
+    w->enqueued_at = now;
+    w->timeout_ms = a->timeout_ms;
+    w->deadline = deadline;
+    w->seq = ++t->seq;
+    w->user = a->user;
+    w->heap_idx = S_NONE;
+    w->spare = l;
+    ul_list_insert_tail(&u->waiters, &w->uvm_link);
+    ul_list_insert_tail(&o->waiters, &w->owner_link);
+    s_ht_insert(t, &t->waiter_rids, &w->rnode, s_hash_rid(t, o, w->rid));
+    if (deadline != LT_NEVER)
+        s_dl_push(t, w);
+    u->n_waiters++;
+    t->stats.waiters++;
+    s_ready_update(t, u);
+    s_emit(
+        t,
+        &(lt_event){
+            .type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u), .now = now});
+}
+
+static int s_acquire_check(const lt_acquire_args *a, size_t *len)
+{
+    int rc = s_check_uvm(a->uvm, len);
+    if (rc)
+        return rc;
+    if (strnlen(a->label ? a->label : "", UL_MAX_LABEL + 1) > UL_MAX_LABEL)
+        return UVMLEASE_EBADTEXT;
+    return a->timeout_ms < -1 ? UVMLEASE_EBADVALUE : 0;
+}
+
 int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
                lt_acquire_result *res)
 {
@@ -1061,32 +1143,12 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     if (!t || !o || !a)
         return UVMLEASE_EINVAL;
     size_t len;
-    int rc = s_check_uvm(a->uvm, &len);
+    int rc = s_acquire_check(a, &len);
     if (rc)
         return rc;
-    const char *label = a->label ? a->label : "";
-    if (strnlen(label, UL_MAX_LABEL + 1) > UL_MAX_LABEL)
-        return UVMLEASE_EBADTEXT;
-    if (a->timeout_ms < -1)
-        return UVMLEASE_EBADVALUE;
     now = s_clock(t, now);
-
-    lt_lease *old = s_lease_by_rid(t, o, a->rid);
-    lt_waiter *oldw = old ? NULL : s_waiter_by_rid(t, o, a->rid);
-    if (old || oldw) {
-        lt_uvm *ou = old ? old->uvm : oldw->uvm;
-        bool conf = old ? ou->confidential : oldw->confidential;
-        if (strcmp(ou->id, a->uvm) != 0 || conf != a->confidential)
-            return UVMLEASE_EDUPLICATE;
-        res->resent = true;
-        if (old) {
-            res->lease = old;
-        } else {
-            res->waiter = oldw;
-            res->position = s_position(oldw);
-        }
-        return 0;
-    }
+    if (s_acquire_known(t, o, a, res, &rc))
+        return rc;
 
     uint64_t h = s_siphash(t->key, a->uvm, len);
     lt_uvm *u = s_uvm_lookup(t, a->uvm, len, h);
@@ -1110,13 +1172,13 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         return UVMLEASE_EBUSY;
     }
 
-    /* Allocate everything first, so a failure changes nothing. */
+    /* Allocate everything first, so a failure changes nothing. A waiter is
+     * also needed when an immediate grant may fail to be recorded: the
+     * acquire then waits like any other. */
     uint64_t deadline = a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
     lt_lease *l = s_lease_alloc(t);
     lt_waiter *w = NULL;
     bool ok = l != NULL;
-    /* A waiter is also needed when an immediate grant may fail to be
-     * recorded: the acquire then waits like any other. */
     if (ok && (!now_ok || (excl && a->timeout_ms != 0 && t->cfg.persist))) {
         w = s_zalloc(t, sizeof *w);
         ok = w && (deadline == LT_NEVER || s_dl_reserve(t) == 0);
@@ -1136,52 +1198,18 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         u->class_set = true;
         u->confidential = a->confidential;
     }
-
-    if (now_ok) {
-        l->rid = a->rid;
-        s_copy(l->label, label, UL_MAX_LABEL);
-        l->user = a->user;
-        l->waited_ms = 0;
-        s_lease_fill(t, u, l, o, now);
-        if (s_persist(t, l)) {
-            s_lease_link(t, u, l, o);
-            s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .now = now});
-            s_free(t, w);
-            res->lease = l;
-            return 0;
-        }
-        if (!w) {
-            s_free(t, l);
-            s_uvm_settle(t, u);
-            t->stats.busy_refusals++;
-            return UVMLEASE_EJOURNAL;
-        }
+    if (now_ok && s_grant_now(t, u, l, o, a, now)) {
+        s_free(t, w);
+        res->lease = l;
+        return 0;
     }
-
-    w->rid = a->rid;
-    w->uvm = u;
-    w->owner = o;
-    w->confidential = a->confidential;
-    s_copy(w->label, label, UL_MAX_LABEL);
-    w->enqueued_at = now;
-    w->timeout_ms = a->timeout_ms;
-    w->deadline = deadline;
-    w->seq = ++t->seq;
-    w->user = a->user;
-    w->heap_idx = S_NONE;
-    w->spare = l;
-    ul_list_insert_tail(&u->waiters, &w->uvm_link);
-    ul_list_insert_tail(&o->waiters, &w->owner_link);
-    s_ht_insert(t, &t->waiter_rids, &w->rnode, s_hash_rid(t, o, w->rid));
-    if (deadline != LT_NEVER)
-        s_dl_push(t, w);
-    u->n_waiters++;
-    t->stats.waiters++;
-    s_ready_update(t, u);
-    s_emit(
-        t,
-        &(lt_event){
-            .type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u), .now = now});
+    if (!w) { /* a try whose record could not be written */
+        s_free(t, l);
+        s_uvm_settle(t, u);
+        t->stats.busy_refusals++;
+        return UVMLEASE_EJOURNAL;
+    }
+    s_enqueue(t, u, w, l, o, a, deadline, now);
     res->waiter = w;
     res->position = u->n_waiters;
     return 0;

@@ -152,90 +152,103 @@ static int s_cmp_uvm(const void *a, const void *b)
     return strcmp((*x)->id, (*y)->id);
 }
 
-static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+/* Every UVM entry sorted by id, so "after" is a stable cursor across pages
+ * even when entries come and go in between. NULL on out of memory. */
+static lt_uvm **s_list_sorted(uvmlease_broker *b, size_t *n)
 {
     const lt_stats *st = lt_stats_get(b->table);
-    size_t n = 0, cap = st->uvms ? st->uvms : 1;
+    size_t cap = st->uvms ? st->uvms : 1;
     lt_uvm **all = malloc(cap * sizeof *all);
+    *n = 0;
+    if (!all)
+        return NULL;
+    for (lt_uvm *u = lt_uvm_first(b->table); u && *n < cap; u = lt_uvm_next(b->table, u))
+        all[(*n)++] = u;
+    qsort(all, *n, sizeof *all, s_cmp_uvm);
+    return all;
+}
+
+/* Index of the first entry after the cursor. */
+static size_t s_list_after(lt_uvm **all, size_t n, const char *after)
+{
+    size_t lo = 0, hi = n;
+    while (after[0] && lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strcmp(all[mid]->id, after) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return after[0] ? lo : 0;
+}
+
+/* Answer with the page v[0..page) (more: entries follow). Returns 1 when
+ * the page does not fit in a reply (ask again with a shorter one), else 0
+ * once the request is answered. */
+static int s_list_page(uvmlease_broker *b, const ul_peer *peer, const ul_request *req, lt_uvm **v,
+                       uint32_t page, bool more, bool last_try, uint64_t now)
+{
+    ul_reply rep;
+    ul_reply_init(&rep, req);
+    rep.n_uvms = page;
+    rep.uvms = calloc(page ? page : 1, sizeof *rep.uvms);
+    /* Holders of this page only (most UVMs have one). */
+    size_t nh = 0;
+    for (uint32_t i = 0; i < page; i++)
+        nh += v[i]->n_holders < S_LIST_HOLDERS_MAX ? v[i]->n_holders : S_LIST_HOLDERS_MAX;
+    ul_holder *holders = calloc(nh ? nh : 1, sizeof *holders);
+    int again = 0;
+    if (!rep.uvms || !holders) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
+        goto done;
+    }
+    size_t used = 0;
+    for (uint32_t i = 0; i < page; i++) {
+        s_fill_info(b, v[i], now, &rep.uvms[i], false, holders + used, S_LIST_HOLDERS_MAX, NULL, 0);
+        used += rep.uvms[i].n_holders;
+    }
+    rep.more = more;
+    snprintf(rep.journal, sizeof rep.journal, "%s", ul_persist_healthy(b) ? "ok" : "failing");
+    /* Encoded here, not through ul_broker_encode: too-large is an expected
+     * answer (halve the page), not an error to log. Only size is cured by
+     * a shorter page; anything else is answered "internal" at once. */
+    rep.version = UL_PROTO_VERSION;
+    rep.instance = b->instance;
+    b->out.len = 0;
+    int rc = ul_reply_encode(&rep, &b->out);
+    bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
+    bool hopeless = rc != 0 && rc != UVMLEASE_ETOOLARGE;
+    if (hopeless)
+        ul_broker_send(b, peer->route, &rep);
+    else if (!fits && last_try)
+        ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
+    else if (!fits)
+        again = 1;
+    else if (ul_broker_send_raw(b, peer->route, b->out.data, b->out.len) != 0)
+        b->undelivered[UL_MSG_REPLY]++; /* already encoded: send those bytes */
+done:
+    free(rep.uvms);
+    free(holders);
+    return again;
+}
+
+static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    size_t n = 0;
+    lt_uvm **all = s_list_sorted(b, &n);
     if (!all) {
         ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
         return;
     }
-    for (lt_uvm *u = lt_uvm_first(b->table); u && n < cap; u = lt_uvm_next(b->table, u))
-        all[n++] = u;
-    /* Sorted by UVM id, so "after" is a stable cursor across pages even
-     * when entries come and go in between. */
-    qsort(all, n, sizeof *all, s_cmp_uvm);
-    size_t first = 0;
-    if (req->after[0]) {
-        size_t lo = 0, hi = n;
-        while (lo < hi) {
-            size_t mid = (lo + hi) / 2;
-            if (strcmp(all[mid]->id, req->after) <= 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        first = lo;
-    }
+    size_t first = s_list_after(all, n, req->after);
     uint32_t limit = req->limit && req->limit < UL_LIST_PAGE_MAX ? req->limit : UL_LIST_PAGE_MAX;
     uint64_t now = ul_now_ms();
-    for (;;) {
+    /* Long labels on many holders can exceed a reply frame: halve the page
+     * until it fits; the client asks for the rest with "after". */
+    for (;; limit /= 2) {
         uint32_t page = (uint32_t)(n - first < limit ? n - first : limit);
-        ul_reply rep;
-        memset(&rep, 0, sizeof rep);
-        rep.kind = UL_MSG_REPLY;
-        rep.rid = req->rid;
-        rep.op = req->op;
-        rep.n_uvms = page;
-        rep.uvms = calloc(page ? page : 1, sizeof *rep.uvms);
-        /* Holders of this page only (most UVMs have one). */
-        size_t nh = 0;
-        for (uint32_t i = 0; i < page; i++)
-            nh += all[first + i]->n_holders < S_LIST_HOLDERS_MAX ? all[first + i]->n_holders
-                                                                 : S_LIST_HOLDERS_MAX;
-        ul_holder *holders = calloc(nh ? nh : 1, sizeof *holders);
-        if (!rep.uvms || !holders) {
-            free(rep.uvms);
-            free(holders);
-            free(all);
-            ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
-            return;
-        }
-        size_t used = 0;
-        for (uint32_t i = 0; i < page; i++) {
-            s_fill_info(b, all[first + i], now, &rep.uvms[i], false, holders + used,
-                        S_LIST_HOLDERS_MAX, NULL, 0);
-            used += rep.uvms[i].n_holders;
-        }
-        rep.more = first + page < n;
-        snprintf(rep.journal, sizeof rep.journal, "%s", ul_persist_healthy(b) ? "ok" : "failing");
-        /* Long labels on many holders can exceed a reply frame: halve the
-         * page until it fits; the client asks for the rest with "after". */
-        /* Encoded here, not through ul_broker_encode: too-large is an
-         * expected answer (halve the page), not an error to log. */
-        rep.version = UL_PROTO_VERSION;
-        rep.instance = b->instance;
-        b->out.len = 0;
-        int rc = ul_reply_encode(&rep, &b->out);
-        bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
-        /* Only size is cured by a shorter page; anything else is answered
-         * "internal" at once (logged by ul_broker_encode). */
-        bool hopeless = rc != 0 && rc != UVMLEASE_ETOOLARGE;
-        if (fits || limit == 1 || hopeless) {
-            if (hopeless)
-                ul_broker_send(b, peer->route, &rep);
-            else if (!fits)
-                ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
-            else if (ul_broker_send_raw(b, peer->route, b->out.data, b->out.len) != 0)
-                b->undelivered[UL_MSG_REPLY]++; /* already encoded: send those bytes */
-            free(rep.uvms);
-            free(holders);
+        if (!s_list_page(b, peer, req, all + first, page, first + page < n, limit == 1, now))
             break;
-        }
-        free(rep.uvms);
-        free(holders);
-        limit /= 2;
     }
     free(all);
 }

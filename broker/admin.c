@@ -115,18 +115,14 @@ static void s_fill_info(uvmlease_broker *b, const lt_uvm *u, uint64_t now, ul_uv
     info->quarantine_ms_left = u->quarantine_until > now ? u->quarantine_until - now : 0;
     info->waiter_count = u->n_waiters;
     info->holders = holders;
-    const ul_list *pos;
-    for (pos = u->holders.next; pos != &u->holders && info->n_holders < max_holders;
-         pos = pos->next) {
-        const lt_lease *l = ul_container_of(pos, lt_lease, uvm_link);
+    for (const lt_lease *l = lt_uvm_holders(u); l && info->n_holders < max_holders;
+         l = lt_uvm_holder_next(u, l))
         ul_broker_fill_holder(b, l, now, &holders[info->n_holders++], full);
-    }
     if (!full)
         return;
     info->waiters = waiters;
-    for (pos = u->waiters.next; pos != &u->waiters && info->n_waiters < max_waiters;
-         pos = pos->next) {
-        const lt_waiter *w = ul_container_of(pos, lt_waiter, uvm_link);
+    for (const lt_waiter *w = lt_uvm_waiters(u); w && info->n_waiters < max_waiters;
+         w = lt_uvm_waiter_next(u, w)) {
         ul_waiter_info *wi = &waiters[info->n_waiters++];
         memset(wi, 0, sizeof *wi);
         if (w->owner) {

@@ -67,9 +67,7 @@ int ul_kills_start(uvmlease_broker *b, lt_uvm *u, uint32_t pid, uint64_t now, ui
     bproc *targets[2 * S_MAX_KILLS];
     uint32_t n = 0;
     bool named = false;
-    const ul_list *pos;
-    for (pos = u->holders.next; pos != &u->holders; pos = pos->next) {
-        const lt_lease *l = ul_container_of(pos, lt_lease, uvm_link);
+    for (const lt_lease *l = lt_uvm_holders(u); l; l = lt_uvm_holder_next(u, l)) {
         if (!s_names(l, pid))
             continue;
         named = true;

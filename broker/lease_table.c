@@ -966,7 +966,7 @@ lt_owner *lt_owner_new(lt_table *t, const lt_ident *id)
     if (!o)
         return NULL;
     o->id = *id;
-    o->id.comm[UL_MAX_COMM] = '\0';
+    o->id.comm[LT_MAX_COMM] = '\0';
     ul_list_init(&o->leases);
     ul_list_init(&o->waiters);
     ul_list_init(&o->anchored);
@@ -1039,8 +1039,8 @@ static int s_check_uvm(const char *uvm, size_t *len)
 {
     if (!uvm)
         return UVMLEASE_EINVAL;
-    *len = strnlen(uvm, UL_MAX_UVM + 1);
-    return (*len == 0 || *len > UL_MAX_UVM) ? UVMLEASE_EBADUVM : 0;
+    *len = strnlen(uvm, LT_MAX_UVM + 1);
+    return (*len == 0 || *len > LT_MAX_UVM) ? UVMLEASE_EBADUVM : 0;
 }
 
 static uint32_t s_position(lt_waiter *w)
@@ -1082,7 +1082,7 @@ static bool s_grant_now(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, const 
                         uint64_t now)
 {
     l->rid = a->rid;
-    s_copy(l->label, a->label ? a->label : "", UL_MAX_LABEL);
+    s_copy(l->label, a->label ? a->label : "", LT_MAX_LABEL);
     l->user = a->user;
     l->waited_ms = 0;
     s_lease_fill(t, u, l, o, now);
@@ -1101,7 +1101,7 @@ static void s_enqueue(lt_table *t, lt_uvm *u, lt_waiter *w, lt_lease *l, lt_owne
     w->uvm = u;
     w->owner = o;
     w->confidential = a->confidential;
-    s_copy(w->label, a->label ? a->label : "", UL_MAX_LABEL);
+    s_copy(w->label, a->label ? a->label : "", LT_MAX_LABEL);
     w->enqueued_at = now;
     w->timeout_ms = a->timeout_ms;
     w->deadline = deadline;
@@ -1128,7 +1128,7 @@ static int s_acquire_check(const lt_acquire_args *a, size_t *len)
     int rc = s_check_uvm(a->uvm, len);
     if (rc)
         return rc;
-    if (strnlen(a->label ? a->label : "", UL_MAX_LABEL + 1) > UL_MAX_LABEL)
+    if (strnlen(a->label ? a->label : "", LT_MAX_LABEL + 1) > LT_MAX_LABEL)
         return UVMLEASE_EBADTEXT;
     return a->timeout_ms < -1 ? UVMLEASE_EBADVALUE : 0;
 }
@@ -1224,7 +1224,7 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
     if (rc)
         return rc;
     const char *label = a->label ? a->label : "";
-    if (strnlen(label, UL_MAX_LABEL + 1) > UL_MAX_LABEL)
+    if (strnlen(label, LT_MAX_LABEL + 1) > LT_MAX_LABEL)
         return UVMLEASE_EBADTEXT;
     if (lt_lease_find(t, a->lease_id))
         return UVMLEASE_EDUPLICATE;
@@ -1245,7 +1245,7 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
     u->class_set = true;
     u->confidential = a->confidential;
     l->rid = a->rid;
-    s_copy(l->label, label, UL_MAX_LABEL);
+    s_copy(l->label, label, LT_MAX_LABEL);
     l->id = a->lease_id;
     l->fence = a->fence;
     if (t->lease_id < a->lease_id)
@@ -1344,17 +1344,17 @@ int lt_phase(lt_table *t, lt_owner *o, uint64_t lease_id, const char *phase, uin
         return rc;
     if (!phase)
         return UVMLEASE_EINVAL;
-    if (strnlen(phase, UL_MAX_PHASE + 1) > UL_MAX_PHASE)
+    if (strnlen(phase, LT_MAX_PHASE + 1) > LT_MAX_PHASE)
         return UVMLEASE_EBADTEXT;
     now = s_clock(t, now);
-    s_copy(l->phase, phase, UL_MAX_PHASE);
+    s_copy(l->phase, phase, LT_MAX_PHASE);
     l->phase_at = now;
-    if (l->n_phases >= UL_PHASES_MAX) {
-        memmove(&l->phases[0], &l->phases[1], (UL_PHASES_MAX - 1) * sizeof l->phases[0]);
-        l->n_phases = UL_PHASES_MAX - 1;
+    if (l->n_phases >= LT_PHASES_MAX) {
+        memmove(&l->phases[0], &l->phases[1], (LT_PHASES_MAX - 1) * sizeof l->phases[0]);
+        l->n_phases = LT_PHASES_MAX - 1;
     }
-    ul_phase_rec *r = &l->phases[l->n_phases++];
-    s_copy(r->phase, phase, UL_MAX_PHASE);
+    lt_phase_rec *r = &l->phases[l->n_phases++];
+    s_copy(r->phase, phase, LT_MAX_PHASE);
     r->at_ms = now;
     s_emit(t, &(lt_event){.type = LT_EV_PHASE, .uvm = l->uvm, .lease = l, .now = now});
     return 0;
@@ -1578,4 +1578,53 @@ lt_uvm *lt_uvm_next(lt_table *t, lt_uvm *u)
     if (!t || !u || u->all_link.next == &t->all_uvms)
         return NULL;
     return ul_container_of(u->all_link.next, lt_uvm, all_link);
+}
+
+/* ---- walks */
+
+#define S_NEXT(type, list, link, node)                                                             \
+    ((node)->link.next == (list) ? NULL : ul_container_of((node)->link.next, type, link))
+
+lt_lease *lt_uvm_holders(const lt_uvm *u)
+{
+    ul_list *n = u ? ul_list_first((ul_list *)&u->holders) : NULL;
+    return n ? ul_container_of(n, lt_lease, uvm_link) : NULL;
+}
+
+lt_lease *lt_uvm_holder_next(const lt_uvm *u, const lt_lease *l)
+{
+    return S_NEXT(lt_lease, &u->holders, uvm_link, l);
+}
+
+lt_waiter *lt_uvm_waiters(const lt_uvm *u)
+{
+    ul_list *n = u ? ul_list_first((ul_list *)&u->waiters) : NULL;
+    return n ? ul_container_of(n, lt_waiter, uvm_link) : NULL;
+}
+
+lt_waiter *lt_uvm_waiter_next(const lt_uvm *u, const lt_waiter *w)
+{
+    return S_NEXT(lt_waiter, &u->waiters, uvm_link, w);
+}
+
+lt_lease *lt_owner_leases(const lt_owner *o)
+{
+    ul_list *n = o ? ul_list_first((ul_list *)&o->leases) : NULL;
+    return n ? ul_container_of(n, lt_lease, owner_link) : NULL;
+}
+
+lt_lease *lt_owner_lease_next(const lt_owner *o, const lt_lease *l)
+{
+    return S_NEXT(lt_lease, &o->leases, owner_link, l);
+}
+
+lt_waiter *lt_owner_waiters(const lt_owner *o)
+{
+    ul_list *n = o ? ul_list_first((ul_list *)&o->waiters) : NULL;
+    return n ? ul_container_of(n, lt_waiter, owner_link) : NULL;
+}
+
+lt_waiter *lt_owner_waiter_next(const lt_owner *o, const lt_waiter *w)
+{
+    return S_NEXT(lt_waiter, &o->waiters, owner_link, w);
 }

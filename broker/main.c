@@ -15,6 +15,7 @@
 #endif
 
 #include "accept_guard.h"
+#include "ul_proto.h"
 #include "uvmlease_broker.h"
 
 static void s_usage(FILE *f)

@@ -56,16 +56,11 @@ static void s_proc_unlink(uvmlease_broker *b, bproc *p)
  * process is gone, nothing will be sent to it. */
 static void s_drop_routes(lt_owner *o)
 {
-    ul_list *pos, *tmp;
-    ul_list_foreach_safe(pos, tmp, &o->waiters)
-    {
-        lt_waiter *w = ul_container_of(pos, lt_waiter, owner_link);
+    for (lt_waiter *w = lt_owner_waiters(o); w; w = lt_owner_waiter_next(o, w)) {
         free(w->user);
         w->user = NULL;
     }
-    ul_list_foreach_safe(pos, tmp, &o->leases)
-    {
-        lt_lease *l = ul_container_of(pos, lt_lease, owner_link);
+    for (lt_lease *l = lt_owner_leases(o); l; l = lt_owner_lease_next(o, l)) {
         free(l->user);
         l->user = NULL;
     }

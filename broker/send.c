@@ -14,6 +14,12 @@
 
 #include "ul_sys.h"
 
+/* The table's fields are copied into wire fields of the same size. */
+_Static_assert(LT_MAX_UVM == UL_MAX_UVM && LT_MAX_LABEL == UL_MAX_LABEL &&
+                   LT_MAX_PHASE == UL_MAX_PHASE && LT_MAX_COMM == UL_MAX_COMM &&
+                   LT_PHASES_MAX == UL_PHASES_MAX,
+               "lease table and wire limits differ");
+
 #define S_REJECT_PER_SEC 5 /* rejected-input log lines: sustained rate (burst: UL_REJECT_BURST) */
 
 static void s_u64(char *out, size_t n, uint64_t v)
@@ -157,8 +163,9 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
         for (uint32_t i = 0; i < l->n_phases && i < UL_PHASES_MAX; i++) {
             if (!l->phases[i].phase[0])
                 continue;
-            h->phases[h->n_phases] = l->phases[i];
-            h->phases[h->n_phases++].at_ms = ul_broker_wall_of(b, l->phases[i].at_ms);
+            ul_phase_rec *r = &h->phases[h->n_phases++];
+            memcpy(r->phase, l->phases[i].phase, sizeof r->phase);
+            r->at_ms = ul_broker_wall_of(b, l->phases[i].at_ms);
         }
     }
 }

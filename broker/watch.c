@@ -178,7 +178,7 @@ void ul_watch_table_event(uvmlease_broker *b, const lt_event *ev)
         const lt_lease *l = ev->lease;
         /* The phase before this one just ended. */
         if (l->n_phases >= 2) {
-            const ul_phase_rec *prev = &l->phases[l->n_phases - 2];
+            const lt_phase_rec *prev = &l->phases[l->n_phases - 2];
             /* Time with the phase cleared ("") belongs to no phase. */
             if (prev->phase[0])
                 s_observe(&a->phase[s_phase_slot(prev->phase)], (ev->now - prev->at_ms) * 1000);

@@ -12,6 +12,7 @@
  * release, an exit or a tick cannot fail half-way.
  */
 #include "lease_table.h"
+#include "lt_hash.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -19,16 +20,7 @@
 #include "uvmlease_errors.h"
 
 #define S_NONE     UINT32_MAX
-#define S_HT_MIN   16u
 #define S_HEAP_MIN 16u
-
-/* Intrusive chained hash table over lt_hnode; the hash is cached in the
- * node so resizing never recomputes it. */
-typedef struct s_htab {
-    lt_hnode **b;
-    size_t mask; /* bucket count - 1, a power of two */
-    size_t count;
-} s_htab;
 
 /* Deadline heap slot. w == NULL is a tombstone: the waiter left, its key
  * stays so the heap order still holds around it. */
@@ -47,7 +39,8 @@ struct lt_table {
     uint64_t now;
     uint64_t active_excl; /* exclusive leases held, for the cap */
     bool suspended;       /* exclusive grants stopped: their record cannot be written */
-    s_htab uvms, leases, owners, lease_rids, waiter_rids;
+    lt_htab uvms, leases, owners, lease_rids, waiter_rids;
+    lt_alloc al;
     ul_list all_uvms; /* lt_uvm.all_link */
     ul_list warn;     /* lt_lease.warn_link */
     ul_list quar;     /* lt_uvm.quar_link */
@@ -61,29 +54,17 @@ struct lt_table {
 
 static void *s_realloc(lt_table *t, void *p, size_t n)
 {
-    if (t->cfg.alloc)
-        return t->cfg.alloc(t->cfg.alloc_ctx, p, n);
-    if (n == 0) {
-        free(p);
-        return NULL;
-    }
-    return realloc(p, n);
+    return lt_alloc_resize(&t->al, p, n);
 }
 
 static void *s_zalloc(lt_table *t, size_t n)
 {
-    if (!t->cfg.alloc)
-        return calloc(1, n);
-    void *p = t->cfg.alloc(t->cfg.alloc_ctx, NULL, n);
-    if (p)
-        memset(p, 0, n);
-    return p;
+    return lt_alloc_zero(&t->al, n);
 }
 
 static void s_free(lt_table *t, void *p)
 {
-    if (p)
-        (void)s_realloc(t, p, 0);
+    lt_alloc_free(&t->al, p);
 }
 
 static void *s_array(lt_table *t, void *p, size_t n, size_t size)
@@ -93,64 +74,6 @@ static void *s_array(lt_table *t, void *p, size_t n, size_t size)
     return s_realloc(t, p, n * size);
 }
 
-/* ---- SipHash-2-4: peers choose UVM ids, so the bucket index must not be
- * predictable without the key. */
-
-static uint64_t s_rotl(uint64_t x, unsigned b)
-{
-    return (x << b) | (x >> (64 - b));
-}
-
-static void s_sipround(uint64_t v[4])
-{
-    v[0] += v[1];
-    v[1] = s_rotl(v[1], 13);
-    v[1] ^= v[0];
-    v[0] = s_rotl(v[0], 32);
-    v[2] += v[3];
-    v[3] = s_rotl(v[3], 16);
-    v[3] ^= v[2];
-    v[0] += v[3];
-    v[3] = s_rotl(v[3], 21);
-    v[3] ^= v[0];
-    v[2] += v[1];
-    v[1] = s_rotl(v[1], 17);
-    v[1] ^= v[2];
-    v[2] = s_rotl(v[2], 32);
-}
-
-static uint64_t s_le64(const unsigned char *p, size_t n)
-{
-    uint64_t x = 0;
-    for (size_t i = 0; i < n; i++)
-        x |= (uint64_t)p[i] << (8 * i);
-    return x;
-}
-
-static uint64_t s_siphash(const uint64_t key[2], const void *data, size_t len)
-{
-    const unsigned char *p = data;
-    uint64_t v[4] = {key[0] ^ 0x736f6d6570736575ull, key[1] ^ 0x646f72616e646f6dull,
-                     key[0] ^ 0x6c7967656e657261ull, key[1] ^ 0x7465646279746573ull};
-    size_t full = len & ~(size_t)7;
-    for (size_t i = 0; i < full; i += 8) {
-        uint64_t m = s_le64(p + i, 8);
-        v[3] ^= m;
-        s_sipround(v);
-        s_sipround(v);
-        v[0] ^= m;
-    }
-    uint64_t m = s_le64(p + full, len - full) | ((uint64_t)(len & 0xff) << 56);
-    v[3] ^= m;
-    s_sipround(v);
-    s_sipround(v);
-    v[0] ^= m;
-    v[2] ^= 0xff;
-    for (int i = 0; i < 4; i++)
-        s_sipround(v);
-    return v[0] ^ v[1] ^ v[2] ^ v[3];
-}
-
 static uint64_t s_hash2(const lt_table *t, uint64_t a, uint64_t b)
 {
     unsigned char buf[16];
@@ -158,77 +81,12 @@ static uint64_t s_hash2(const lt_table *t, uint64_t a, uint64_t b)
         buf[i] = (unsigned char)(a >> (8 * i));
         buf[8 + i] = (unsigned char)(b >> (8 * i));
     }
-    return s_siphash(t->key, buf, sizeof buf);
+    return lt_siphash(t->key, buf, sizeof buf);
 }
 
 static uint64_t s_hash_rid(const lt_table *t, const lt_owner *o, uint64_t rid)
 {
     return s_hash2(t, (uint64_t)(uintptr_t)o, rid);
-}
-
-/* ---- hash table */
-
-static int s_ht_init(lt_table *t, s_htab *h)
-{
-    h->b = s_zalloc(t, S_HT_MIN * sizeof *h->b);
-    h->mask = S_HT_MIN - 1;
-    h->count = 0;
-    return h->b ? 0 : -1;
-}
-
-/* A failed resize keeps the old buckets: chains get longer, nothing breaks,
- * so inserting never fails. */
-static void s_ht_resize(lt_table *t, s_htab *h, size_t nb)
-{
-    if (nb > SIZE_MAX / sizeof *h->b)
-        return;
-    lt_hnode **nbk = s_zalloc(t, nb * sizeof *nbk);
-    if (!nbk)
-        return;
-    for (size_t i = 0; i <= h->mask; i++) {
-        lt_hnode *n = h->b[i];
-        while (n) {
-            lt_hnode *next = n->next;
-            size_t j = (size_t)(n->hash & (nb - 1));
-            n->next = nbk[j];
-            nbk[j] = n;
-            n = next;
-        }
-    }
-    s_free(t, h->b);
-    h->b = nbk;
-    h->mask = nb - 1;
-}
-
-static void s_ht_insert(lt_table *t, s_htab *h, lt_hnode *n, uint64_t hash)
-{
-    size_t i = (size_t)(hash & h->mask);
-    n->hash = hash;
-    n->next = h->b[i];
-    h->b[i] = n;
-    if (++h->count > h->mask + 1)
-        s_ht_resize(t, h, (h->mask + 1) * 2);
-}
-
-static void s_ht_remove(lt_table *t, s_htab *h, lt_hnode *n)
-{
-    lt_hnode **pp = &h->b[n->hash & h->mask];
-    while (*pp && *pp != n)
-        pp = &(*pp)->next;
-    if (!*pp)
-        return;
-    *pp = n->next;
-    n->next = NULL;
-    h->count--;
-    /* Shrink with hysteresis (grow at 1, shrink below 1/4) so a burst of
-     * entries does not pin memory forever and resizes stay amortised. */
-    if (h->mask + 1 > S_HT_MIN && h->count < (h->mask + 1) / 4)
-        s_ht_resize(t, h, (h->mask + 1) / 2);
-}
-
-static lt_hnode *s_ht_chain(const s_htab *h, uint64_t hash)
-{
-    return h->b[hash & h->mask];
 }
 
 /* ---- small helpers */
@@ -533,7 +391,7 @@ static void s_ready_update(lt_table *t, lt_uvm *u)
 
 static lt_uvm *s_uvm_lookup(lt_table *t, const char *id, size_t len, uint64_t hash)
 {
-    for (lt_hnode *n = s_ht_chain(&t->uvms, hash); n; n = n->next) {
+    for (lt_hnode *n = lt_ht_chain(&t->uvms, hash); n; n = n->next) {
         lt_uvm *u = ul_container_of(n, lt_uvm, hnode);
         if (n->hash == hash && strncmp(u->id, id, len) == 0 && u->id[len] == '\0')
             return u;
@@ -554,7 +412,7 @@ static lt_uvm *s_uvm_create(lt_table *t, const char *id, size_t len, uint64_t ha
     ul_list_init(&u->waiters);
     ul_list_init(&u->quar_link);
     u->ready_idx = S_NONE;
-    s_ht_insert(t, &t->uvms, &u->hnode, hash);
+    lt_ht_insert(&t->uvms, &t->al, &u->hnode, hash);
     ul_list_insert_tail(&t->all_uvms, &u->all_link);
     t->stats.uvms++;
     return u;
@@ -570,7 +428,7 @@ static void s_uvm_settle(lt_table *t, lt_uvm *u)
     u->confidential = false;
     if (u->draining)
         return;
-    s_ht_remove(t, &t->uvms, &u->hnode);
+    lt_ht_remove(&t->uvms, &t->al, &u->hnode);
     ul_list_remove(&u->all_link);
     t->stats.uvms--;
     s_free(t, u);
@@ -593,7 +451,7 @@ static lt_lease *s_lease_alloc(lt_table *t)
 static lt_lease *s_lease_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
 {
     uint64_t h = s_hash_rid(t, o, rid);
-    for (lt_hnode *n = s_ht_chain(&t->lease_rids, h); n; n = n->next) {
+    for (lt_hnode *n = lt_ht_chain(&t->lease_rids, h); n; n = n->next) {
         lt_lease *l = ul_container_of(n, lt_lease, rnode);
         if (n->hash == h && l->owner == o && l->rid == rid)
             return l;
@@ -604,7 +462,7 @@ static lt_lease *s_lease_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
 static lt_waiter *s_waiter_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
 {
     uint64_t h = s_hash_rid(t, o, rid);
-    for (lt_hnode *n = s_ht_chain(&t->waiter_rids, h); n; n = n->next) {
+    for (lt_hnode *n = lt_ht_chain(&t->waiter_rids, h); n; n = n->next) {
         lt_waiter *w = ul_container_of(n, lt_waiter, rnode);
         if (n->hash == h && w->owner == o && w->rid == rid)
             return w;
@@ -655,8 +513,8 @@ static void s_lease_link(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o)
     ul_list_insert_tail(&o->leases, &l->owner_link);
     if (t->cfg.hold_warn_ms > 0)
         ul_list_insert_tail(&t->warn, &l->warn_link);
-    s_ht_insert(t, &t->leases, &l->hnode, s_hash2(t, l->id, 0));
-    s_ht_insert(t, &t->lease_rids, &l->rnode, s_hash_rid(t, o, l->rid));
+    lt_ht_insert(&t->leases, &t->al, &l->hnode, s_hash2(t, l->id, 0));
+    lt_ht_insert(&t->lease_rids, &t->al, &l->rnode, s_hash_rid(t, o, l->rid));
     u->n_holders++;
     t->stats.holders++;
     t->stats.grants++;
@@ -673,9 +531,9 @@ static void s_lease_end(lt_table *t, lt_lease *l, lt_reason reason, uint64_t now
     ul_list_remove(&l->owner_link);
     ul_list_remove(&l->child_link);
     ul_list_remove(&l->warn_link);
-    s_ht_remove(t, &t->leases, &l->hnode);
+    lt_ht_remove(&t->leases, &t->al, &l->hnode);
     if (l->owner) {
-        s_ht_remove(t, &t->lease_rids, &l->rnode);
+        lt_ht_remove(&t->lease_rids, &t->al, &l->rnode);
         if (reason == LT_R_REVOKED || reason == LT_R_KILLED)
             s_ring_add(l->owner, l->id);
     }
@@ -701,7 +559,7 @@ static void s_waiter_unlink(lt_table *t, lt_waiter *w)
     lt_uvm *u = w->uvm;
     ul_list_remove(&w->uvm_link);
     ul_list_remove(&w->owner_link);
-    s_ht_remove(t, &t->waiter_rids, &w->rnode);
+    lt_ht_remove(&t->waiter_rids, &t->al, &w->rnode);
     s_dl_remove(t, w);
     u->n_waiters--;
     t->stats.waiters--;
@@ -824,7 +682,7 @@ static void s_quar_expire(lt_table *t, uint64_t now)
 
 static void s_owner_destroy(lt_table *t, lt_owner *o)
 {
-    s_ht_remove(t, &t->owners, &o->hnode);
+    lt_ht_remove(&t->owners, &t->al, &o->hnode);
     t->stats.owners--;
     s_free(t, o);
 }
@@ -864,11 +722,12 @@ lt_table *lt_new(const lt_config *cfg)
         cfg = &defaults;
     if (cfg->fence_floor >= (UINT64_C(1) << 63) || cfg->lease_id_floor >= (UINT64_C(1) << 63))
         return NULL;
-    lt_table boot = {.cfg = *cfg};
+    lt_table boot = {.al = {cfg->alloc, cfg->alloc_ctx}};
     lt_table *t = s_zalloc(&boot, sizeof *t);
     if (!t)
         return NULL;
     t->cfg = *cfg;
+    t->al = boot.al;
     if (t->cfg.serialize != LT_SERIALIZE_ALL && t->cfg.serialize != LT_SERIALIZE_NONE)
         t->cfg.serialize = LT_SERIALIZE_CONFIDENTIAL;
     if (cfg->hash_key[0] || cfg->hash_key[1]) {
@@ -883,9 +742,9 @@ lt_table *lt_new(const lt_config *cfg)
     ul_list_init(&t->all_uvms);
     ul_list_init(&t->warn);
     ul_list_init(&t->quar);
-    if (s_ht_init(t, &t->uvms) < 0 || s_ht_init(t, &t->leases) < 0 ||
-        s_ht_init(t, &t->owners) < 0 || s_ht_init(t, &t->lease_rids) < 0 ||
-        s_ht_init(t, &t->waiter_rids) < 0) {
+    if (lt_ht_init(&t->uvms, &t->al) < 0 || lt_ht_init(&t->leases, &t->al) < 0 ||
+        lt_ht_init(&t->owners, &t->al) < 0 || lt_ht_init(&t->lease_rids, &t->al) < 0 ||
+        lt_ht_init(&t->waiter_rids, &t->al) < 0) {
         lt_free(&t);
         return NULL;
     }
@@ -950,7 +809,7 @@ lt_owner *lt_owner_find(lt_table *t, uint32_t pid, uint64_t start_time)
     if (!t)
         return NULL;
     uint64_t h = s_hash2(t, pid, start_time);
-    for (lt_hnode *n = s_ht_chain(&t->owners, h); n; n = n->next) {
+    for (lt_hnode *n = lt_ht_chain(&t->owners, h); n; n = n->next) {
         lt_owner *o = ul_container_of(n, lt_owner, hnode);
         if (n->hash == h && o->id.pid == pid && o->id.start_time == start_time)
             return o;
@@ -970,7 +829,7 @@ lt_owner *lt_owner_new(lt_table *t, const lt_ident *id)
     ul_list_init(&o->leases);
     ul_list_init(&o->waiters);
     ul_list_init(&o->anchored);
-    s_ht_insert(t, &t->owners, &o->hnode, s_hash2(t, id->pid, id->start_time));
+    lt_ht_insert(&t->owners, &t->al, &o->hnode, s_hash2(t, id->pid, id->start_time));
     t->stats.owners++;
     return o;
 }
@@ -1010,7 +869,7 @@ void lt_owner_exit(lt_table *t, lt_owner *o, lt_reason reason, uint64_t now)
         if (l->child) {
             /* The watched child may still be using the UVM: it keeps the
              * lease until it exits too. */
-            s_ht_remove(t, &t->lease_rids, &l->rnode);
+            lt_ht_remove(&t->lease_rids, &t->al, &l->rnode);
             ul_list_remove(&l->owner_link);
             l->owner = NULL;
             continue;
@@ -1111,7 +970,7 @@ static void s_enqueue(lt_table *t, lt_uvm *u, lt_waiter *w, lt_lease *l, lt_owne
     w->spare = l;
     ul_list_insert_tail(&u->waiters, &w->uvm_link);
     ul_list_insert_tail(&o->waiters, &w->owner_link);
-    s_ht_insert(t, &t->waiter_rids, &w->rnode, s_hash_rid(t, o, w->rid));
+    lt_ht_insert(&t->waiter_rids, &t->al, &w->rnode, s_hash_rid(t, o, w->rid));
     if (deadline != LT_NEVER)
         s_dl_push(t, w);
     u->n_waiters++;
@@ -1150,7 +1009,7 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     if (s_acquire_known(t, o, a, res, &rc))
         return rc;
 
-    uint64_t h = s_siphash(t->key, a->uvm, len);
+    uint64_t h = lt_siphash(t->key, a->uvm, len);
     lt_uvm *u = s_uvm_lookup(t, a->uvm, len, h);
     if (u && u->draining)
         return UVMLEASE_EDRAINING;
@@ -1229,7 +1088,7 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
     if (lt_lease_find(t, a->lease_id))
         return UVMLEASE_EDUPLICATE;
     now = s_clock(t, now);
-    uint64_t h = s_siphash(t->key, a->uvm, len);
+    uint64_t h = lt_siphash(t->key, a->uvm, len);
     lt_uvm *u = s_uvm_lookup(t, a->uvm, len, h);
     if (u && u->class_set && u->confidential != a->confidential)
         return UVMLEASE_ECLASS;
@@ -1269,7 +1128,7 @@ int lt_quarantine(lt_table *t, const char *uvm, bool confidential, uint64_t now)
     if (t->cfg.quarantine_ms == 0 || !s_excl_class(t, confidential))
         return 0;
     now = s_clock(t, now);
-    uint64_t h = s_siphash(t->key, uvm, len);
+    uint64_t h = lt_siphash(t->key, uvm, len);
     lt_uvm *u = s_uvm_lookup(t, uvm, len, h);
     if (!u && !(u = s_uvm_create(t, uvm, len, h)))
         return UVMLEASE_ENOMEM;
@@ -1380,7 +1239,7 @@ lt_uvm *lt_uvm_find(lt_table *t, const char *uvm)
     size_t len;
     if (!t || s_check_uvm(uvm, &len) != 0)
         return NULL;
-    return s_uvm_lookup(t, uvm, len, s_siphash(t->key, uvm, len));
+    return s_uvm_lookup(t, uvm, len, lt_siphash(t->key, uvm, len));
 }
 
 lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id)
@@ -1388,7 +1247,7 @@ lt_lease *lt_lease_find(lt_table *t, uint64_t lease_id)
     if (!t)
         return NULL;
     uint64_t h = s_hash2(t, lease_id, 0);
-    for (lt_hnode *n = s_ht_chain(&t->leases, h); n; n = n->next) {
+    for (lt_hnode *n = lt_ht_chain(&t->leases, h); n; n = n->next) {
         lt_lease *l = ul_container_of(n, lt_lease, hnode);
         if (n->hash == h && l->id == lease_id)
             return l;
@@ -1420,7 +1279,7 @@ int lt_drain(lt_table *t, const char *uvm, uint64_t now)
     if (rc)
         return rc;
     now = s_clock(t, now);
-    uint64_t h = s_siphash(t->key, uvm, len);
+    uint64_t h = lt_siphash(t->key, uvm, len);
     lt_uvm *u = s_uvm_lookup(t, uvm, len, h);
     if (!u && !(u = s_uvm_create(t, uvm, len, h)))
         return UVMLEASE_ENOMEM;

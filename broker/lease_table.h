@@ -39,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lt_hash.h"
 #include "ul_list.h"
 
 #define LT_NEVER UINT64_MAX
@@ -57,11 +58,6 @@ typedef struct lt_phase_rec {
     uint64_t at_ms;
 } lt_phase_rec;
 
-/* Intrusive hash-chain node (private to lease_table.c). */
-typedef struct lt_hnode {
-    struct lt_hnode *next;
-    uint64_t hash;
-} lt_hnode;
 
 typedef struct lt_table lt_table;
 typedef struct lt_uvm lt_uvm;

@@ -27,6 +27,7 @@ common/ul_sys_linux.c 1 peers
 common/ul_codec 2 peers
 common/ul_errors 2 peers
 common/ul_mpcheck 2 peers
+broker/lt_hash 9 peers
 broker/lease_table 10 peers
 broker/journal 10 peers
 broker/runtime 10 peers

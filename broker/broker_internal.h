@@ -111,6 +111,7 @@ struct uvmlease_broker {
 
     struct ul_admin *admin;
     struct ul_conns *conns;
+    uint64_t heartbeat_at; /* next cfg.heartbeat call */
 };
 
 /* broker.c */
@@ -138,6 +139,10 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
 void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what);
 uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms);
 
+
+/* heartbeat.c: call cfg.heartbeat if due; the next time it is (LT_NEVER
+ * without one). */
+uint64_t ul_heartbeat_tick(uvmlease_broker *b, uint64_t now);
 
 /* ops.c */
 void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len);

@@ -11,53 +11,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker_internal.h"
+#include "admin.h"
+#include "kills.h"
+#include "persist.h"
+#include "procs.h"
+#include "send.h"
+#include "watch.h"
 #include "conn.h"
 #include "ul_sys.h"
 
-#define S_MAX_WATCHERS             64
-#define S_MAX_WATCHERS_PER_PROCESS 4
-#define S_MAX_KILLS                256
-#define S_LIST_HOLDERS_MAX         64
-
-/* Histogram bucket upper bounds, microseconds. */
-static const uint64_t s_bounds_us[] = {
-    1000,    2000,    5000,    10000,    25000,    50000,    100000,    250000,    500000,
-    1000000, 2500000, 5000000, 10000000, 30000000, 60000000, 120000000, 300000000, 600000000,
-};
-#define S_NBOUNDS (sizeof s_bounds_us / sizeof s_bounds_us[0])
-
-/* Phases with a histogram of their own; anything else counts as "other"
- * (phase names are client text: no unbounded label cardinality). */
-static const char *const s_known_phases[] = {"cim-mount", "scratch-attach", "combine-layers",
-                                             "guest-create", "other"};
-#define S_NPHASES (sizeof s_known_phases / sizeof s_known_phases[0])
-
-typedef struct hist {
-    uint64_t counts[S_NBOUNDS];
-    uint64_t sum_us;
-    uint64_t count;
-} hist;
-
-typedef struct watcher {
-    broute route;
-    uint32_t pid;
-} watcher;
-
-typedef struct kill_job {
-    bproc *proc;         /* removed by ul_broker_proc_gone_hook before it is freed */
-    uint64_t sigkill_at; /* monotonic ms; 0 once SIGKILL was sent */
-} kill_job;
+#define S_LIST_HOLDERS_MAX 64
 
 typedef struct ul_admin {
-    watcher watchers[S_MAX_WATCHERS];
-    uint32_t n_watchers;
-    kill_job kills[S_MAX_KILLS];
-    uint32_t n_kills;
     /* Refused admin requests: audited, but a flood must not become a flood
      * of log lines (token bucket, as for rejected input). */
     uint64_t deny_tokens, deny_refill_at, deny_suppressed;
-    hist wait, hold, handoff, phase[S_NPHASES];
 } ul_admin;
 
 static ul_admin *s_admin(uvmlease_broker *b)
@@ -71,26 +39,6 @@ void ul_broker_admin_free(uvmlease_broker *b)
 {
     free(b->admin);
     b->admin = NULL;
-}
-
-static void s_observe(hist *h, uint64_t us)
-{
-    for (size_t i = 0; i < S_NBOUNDS; i++) {
-        if (us <= s_bounds_us[i]) {
-            h->counts[i]++;
-            break;
-        }
-    }
-    h->sum_us += us;
-    h->count++;
-}
-
-static size_t s_phase_slot(const char *phase)
-{
-    for (size_t i = 0; i + 1 < S_NPHASES; i++)
-        if (strcmp(phase, s_known_phases[i]) == 0)
-            return i;
-    return S_NPHASES - 1;
 }
 
 /* ---- authorization and audit ------------------------------------------- */
@@ -167,18 +115,14 @@ static void s_fill_info(uvmlease_broker *b, const lt_uvm *u, uint64_t now, ul_uv
     info->quarantine_ms_left = u->quarantine_until > now ? u->quarantine_until - now : 0;
     info->waiter_count = u->n_waiters;
     info->holders = holders;
-    const ul_list *pos;
-    for (pos = u->holders.next; pos != &u->holders && info->n_holders < max_holders;
-         pos = pos->next) {
-        const lt_lease *l = ul_container_of(pos, lt_lease, uvm_link);
+    for (const lt_lease *l = lt_uvm_holders(u); l && info->n_holders < max_holders;
+         l = lt_uvm_holder_next(u, l))
         ul_broker_fill_holder(b, l, now, &holders[info->n_holders++], full);
-    }
     if (!full)
         return;
     info->waiters = waiters;
-    for (pos = u->waiters.next; pos != &u->waiters && info->n_waiters < max_waiters;
-         pos = pos->next) {
-        const lt_waiter *w = ul_container_of(pos, lt_waiter, uvm_link);
+    for (const lt_waiter *w = lt_uvm_waiters(u); w && info->n_waiters < max_waiters;
+         w = lt_uvm_waiter_next(u, w)) {
         ul_waiter_info *wi = &waiters[info->n_waiters++];
         memset(wi, 0, sizeof *wi);
         if (w->owner) {
@@ -204,90 +148,103 @@ static int s_cmp_uvm(const void *a, const void *b)
     return strcmp((*x)->id, (*y)->id);
 }
 
-static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+/* Every UVM entry sorted by id, so "after" is a stable cursor across pages
+ * even when entries come and go in between. NULL on out of memory. */
+static lt_uvm **s_list_sorted(uvmlease_broker *b, size_t *n)
 {
     const lt_stats *st = lt_stats_get(b->table);
-    size_t n = 0, cap = st->uvms ? st->uvms : 1;
+    size_t cap = st->uvms ? st->uvms : 1;
     lt_uvm **all = malloc(cap * sizeof *all);
+    *n = 0;
+    if (!all)
+        return NULL;
+    for (lt_uvm *u = lt_uvm_first(b->table); u && *n < cap; u = lt_uvm_next(b->table, u))
+        all[(*n)++] = u;
+    qsort(all, *n, sizeof *all, s_cmp_uvm);
+    return all;
+}
+
+/* Index of the first entry after the cursor. */
+static size_t s_list_after(lt_uvm **all, size_t n, const char *after)
+{
+    size_t lo = 0, hi = n;
+    while (after[0] && lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strcmp(all[mid]->id, after) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return after[0] ? lo : 0;
+}
+
+/* Answer with the page v[0..page) (more: entries follow). Returns 1 when
+ * the page does not fit in a reply (ask again with a shorter one), else 0
+ * once the request is answered. */
+static int s_list_page(uvmlease_broker *b, const ul_peer *peer, const ul_request *req, lt_uvm **v,
+                       uint32_t page, bool more, bool last_try, uint64_t now)
+{
+    ul_reply rep;
+    ul_reply_init(&rep, req);
+    rep.n_uvms = page;
+    rep.uvms = calloc(page ? page : 1, sizeof *rep.uvms);
+    /* Holders of this page only (most UVMs have one). */
+    size_t nh = 0;
+    for (uint32_t i = 0; i < page; i++)
+        nh += v[i]->n_holders < S_LIST_HOLDERS_MAX ? v[i]->n_holders : S_LIST_HOLDERS_MAX;
+    ul_holder *holders = calloc(nh ? nh : 1, sizeof *holders);
+    int again = 0;
+    if (!rep.uvms || !holders) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
+        goto done;
+    }
+    size_t used = 0;
+    for (uint32_t i = 0; i < page; i++) {
+        s_fill_info(b, v[i], now, &rep.uvms[i], false, holders + used, S_LIST_HOLDERS_MAX, NULL, 0);
+        used += rep.uvms[i].n_holders;
+    }
+    rep.more = more;
+    snprintf(rep.journal, sizeof rep.journal, "%s", ul_persist_healthy(b) ? "ok" : "failing");
+    /* Encoded here, not through ul_broker_encode: too-large is an expected
+     * answer (halve the page), not an error to log. Only size is cured by
+     * a shorter page; anything else is answered "internal" at once. */
+    rep.version = UL_PROTO_VERSION;
+    rep.instance = b->instance;
+    b->out.len = 0;
+    int rc = ul_reply_encode(&rep, &b->out);
+    bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
+    bool hopeless = rc != 0 && rc != UVMLEASE_ETOOLARGE;
+    if (hopeless)
+        ul_broker_send(b, peer->route, &rep);
+    else if (!fits && last_try)
+        ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
+    else if (!fits)
+        again = 1;
+    else if (ul_broker_send_raw(b, peer->route, b->out.data, b->out.len) != 0)
+        b->undelivered[UL_MSG_REPLY]++; /* already encoded: send those bytes */
+done:
+    free(rep.uvms);
+    free(holders);
+    return again;
+}
+
+static void s_list(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+{
+    size_t n = 0;
+    lt_uvm **all = s_list_sorted(b, &n);
     if (!all) {
         ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
         return;
     }
-    for (lt_uvm *u = lt_uvm_first(b->table); u && n < cap; u = lt_uvm_next(b->table, u))
-        all[n++] = u;
-    /* Sorted by UVM id, so "after" is a stable cursor across pages even
-     * when entries come and go in between. */
-    qsort(all, n, sizeof *all, s_cmp_uvm);
-    size_t first = 0;
-    if (req->after[0]) {
-        size_t lo = 0, hi = n;
-        while (lo < hi) {
-            size_t mid = (lo + hi) / 2;
-            if (strcmp(all[mid]->id, req->after) <= 0)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        first = lo;
-    }
+    size_t first = s_list_after(all, n, req->after);
     uint32_t limit = req->limit && req->limit < UL_LIST_PAGE_MAX ? req->limit : UL_LIST_PAGE_MAX;
     uint64_t now = ul_now_ms();
-    for (;;) {
+    /* Long labels on many holders can exceed a reply frame: halve the page
+     * until it fits; the client asks for the rest with "after". */
+    for (;; limit /= 2) {
         uint32_t page = (uint32_t)(n - first < limit ? n - first : limit);
-        ul_reply rep;
-        memset(&rep, 0, sizeof rep);
-        rep.kind = UL_MSG_REPLY;
-        rep.rid = req->rid;
-        rep.op = req->op;
-        rep.n_uvms = page;
-        rep.uvms = calloc(page ? page : 1, sizeof *rep.uvms);
-        /* Holders of this page only (most UVMs have one). */
-        size_t nh = 0;
-        for (uint32_t i = 0; i < page; i++)
-            nh += all[first + i]->n_holders < S_LIST_HOLDERS_MAX ? all[first + i]->n_holders
-                                                                 : S_LIST_HOLDERS_MAX;
-        ul_holder *holders = calloc(nh ? nh : 1, sizeof *holders);
-        if (!rep.uvms || !holders) {
-            free(rep.uvms);
-            free(holders);
-            free(all);
-            ul_broker_reply_error(b, peer, req, UVMLEASE_ENOMEM, NULL);
-            return;
-        }
-        size_t used = 0;
-        for (uint32_t i = 0; i < page; i++) {
-            s_fill_info(b, all[first + i], now, &rep.uvms[i], false, holders + used,
-                        S_LIST_HOLDERS_MAX, NULL, 0);
-            used += rep.uvms[i].n_holders;
-        }
-        rep.more = first + page < n;
-        snprintf(rep.journal, sizeof rep.journal, "%s", ul_persist_healthy(b) ? "ok" : "failing");
-        /* Long labels on many holders can exceed a reply frame: halve the
-         * page until it fits; the client asks for the rest with "after". */
-        /* Encoded here, not through ul_broker_encode: too-large is an
-         * expected answer (halve the page), not an error to log. */
-        rep.version = UL_PROTO_VERSION;
-        rep.instance = b->instance;
-        b->out.len = 0;
-        int rc = ul_reply_encode(&rep, &b->out);
-        bool fits = rc == 0 && b->out.len <= UL_MAX_REPLY;
-        /* Only size is cured by a shorter page; anything else is answered
-         * "internal" at once (logged by ul_broker_encode). */
-        bool hopeless = rc != 0 && rc != UVMLEASE_ETOOLARGE;
-        if (fits || limit == 1 || hopeless) {
-            if (hopeless)
-                ul_broker_send(b, peer->route, &rep);
-            else if (!fits)
-                ul_broker_reply_error(b, peer, req, UVMLEASE_EINTERNAL, "entry too large");
-            else if (ul_broker_send_raw(b, peer->route, b->out.data, b->out.len) != 0)
-                b->undelivered[UL_MSG_REPLY]++; /* already encoded: send those bytes */
-            free(rep.uvms);
-            free(holders);
+        if (!s_list_page(b, peer, req, all + first, page, first + page < n, limit == 1, now))
             break;
-        }
-        free(rep.uvms);
-        free(holders);
-        limit /= 2;
     }
     free(all);
 }
@@ -336,25 +293,6 @@ static void s_counter(ul_counter *c, uint32_t *n, const char *name, const char *
     x->value = v;
 }
 
-static void s_hist(ul_histogram *h, uint32_t *n, const char *name, const char *lkey,
-                   const char *lval, const hist *src)
-{
-    ul_histogram *x = &h[(*n)++];
-    memset(x, 0, sizeof *x);
-    snprintf(x->name, sizeof x->name, "%s", name);
-    if (lkey) {
-        snprintf(x->lkey, sizeof x->lkey, "%s", lkey);
-        snprintf(x->lval, sizeof x->lval, "%s", lval);
-    }
-    x->n_buckets = S_NBOUNDS;
-    for (size_t i = 0; i < S_NBOUNDS; i++) {
-        x->le_us[i] = s_bounds_us[i];
-        x->counts[i] = src->counts[i];
-    }
-    x->sum_us = src->sum_us;
-    x->count = src->count;
-}
-
 static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
     ul_admin *a = s_admin(b);
@@ -364,7 +302,7 @@ static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
     }
     const lt_stats *st = lt_stats_get(b->table);
     ul_counter counters[128];
-    ul_histogram hists[8];
+    ul_histogram hists[UL_WATCH_HISTS];
     uint32_t nc = 0, nh = 0;
     s_counter(counters, &nc, "grants_total", NULL, NULL, st->grants);
     for (int r = 0; r < LT_R_COUNT_; r++)
@@ -397,11 +335,7 @@ static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
     s_counter(counters, &nc, "journal_slots", NULL, NULL, ul_journal_slots(b->journal));
     s_counter(counters, &nc, "journal_slots_used", NULL, NULL, ul_journal_used(b->journal));
     s_counter(counters, &nc, "grants_held_back_total", NULL, NULL, st->persist_failures);
-    s_hist(hists, &nh, "wait_seconds", NULL, NULL, &a->wait);
-    s_hist(hists, &nh, "hold_seconds", NULL, NULL, &a->hold);
-    s_hist(hists, &nh, "handoff_seconds", NULL, NULL, &a->handoff);
-    for (size_t i = 0; i < S_NPHASES; i++)
-        s_hist(hists, &nh, "phase_seconds", "phase", s_known_phases[i], &a->phase[i]);
+    nh = ul_watch_hists(b, hists);
     ul_reply rep;
     memset(&rep, 0, sizeof rep);
     rep.kind = UL_MSG_REPLY;
@@ -418,228 +352,19 @@ static void s_stats(uvmlease_broker *b, const ul_peer *peer, const ul_request *r
 
 static void s_watch(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
-    ul_admin *a = s_admin(b);
     int err = 0;
-    bproc *p = a ? ul_conn_peer_proc(b, peer, &err) : NULL;
+    bproc *p = ul_conn_peer_proc(b, peer, &err);
     if (!p) {
-        ul_broker_reply_error(b, peer, req, a ? err : UVMLEASE_ENOMEM, NULL);
+        ul_broker_reply_error(b, peer, req, err, NULL);
         return;
     }
-    for (uint32_t i = 0; i < a->n_watchers; i++) {
-        watcher *w = &a->watchers[i];
-        if (w->route.len == peer->route->len &&
-            memcmp(w->route.id, peer->route->id, w->route.len) == 0) {
-            if (req->op == UL_OP_UNWATCH)
-                a->watchers[i] = a->watchers[--a->n_watchers];
-            ul_reply rep;
-            memset(&rep, 0, sizeof rep);
-            rep.kind = UL_MSG_REPLY;
-            rep.rid = req->rid;
-            rep.op = req->op;
-            ul_broker_send(b, peer->route, &rep);
-            ul_broker_proc_maybe_forget(b, p);
-            return;
-        }
-    }
-    if (req->op == UL_OP_UNWATCH) {
-        ul_broker_reply_error(b, peer, req, UVMLEASE_EINVAL, "not watching");
-        ul_broker_proc_maybe_forget(b, p);
-        return;
-    }
-    uint32_t mine = 0;
-    for (uint32_t i = 0; i < a->n_watchers; i++)
-        mine += a->watchers[i].pid == peer->pid;
-    if (mine >= S_MAX_WATCHERS_PER_PROCESS) {
-        ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE,
-                              "too many watchers in this process");
-        ul_broker_proc_maybe_forget(b, p);
-        return;
-    }
-    if (a->n_watchers >= S_MAX_WATCHERS) {
-        ul_broker_reply_error(b, peer, req, UVMLEASE_ERESOURCE, "too many watchers");
-        ul_broker_proc_maybe_forget(b, p);
-        return;
-    }
-    a->watchers[a->n_watchers].route = *peer->route;
-    a->watchers[a->n_watchers].pid = peer->pid;
-    a->n_watchers++;
-    ul_reply rep;
-    memset(&rep, 0, sizeof rep);
-    rep.kind = UL_MSG_REPLY;
-    rep.rid = req->rid;
-    rep.op = req->op;
-    ul_broker_send(b, peer->route, &rep);
-}
-
-static void s_emit(uvmlease_broker *b, ul_event *ev)
-{
-    ul_admin *a = b->admin;
-    if (!a || a->n_watchers == 0)
-        return;
-    ul_reply rep;
-    memset(&rep, 0, sizeof rep);
-    rep.kind = UL_MSG_EVENT;
-    ev->at_ms = ul_wall_ms();
-    rep.event = *ev;
-    if (ul_broker_encode(b, &rep) != 0)
-        return;
-    /* Encoded once for every watcher; a watcher whose connection is gone
-     * is dropped. */
-    for (uint32_t i = 0; i < a->n_watchers;) {
-        int sent = ul_broker_send_raw(b, &a->watchers[i].route, b->out.data, b->out.len);
-        if (sent != 0)
-            b->undelivered[UL_MSG_EVENT]++;
-        if (sent == -1)
-            a->watchers[i] = a->watchers[--a->n_watchers];
-        else
-            i++;
-    }
-}
-
-static void s_event_from_lease(ul_event *e, ul_event_type t, const lt_lease *l)
-{
-    memset(e, 0, sizeof *e);
-    e->type = t;
-    snprintf(e->uvm, sizeof e->uvm, "%s", l->uvm->id);
-    const lt_owner *o = l->owner ? l->owner : l->child;
-    e->pid = o ? o->id.pid : 0;
-    snprintf(e->label, sizeof e->label, "%s", l->label);
-    snprintf(e->phase, sizeof e->phase, "%s", l->phase);
-    e->lease = l->id;
-    e->fence = l->fence;
-}
-
-void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev)
-{
-    ul_admin *a = s_admin(b);
-    if (!a)
-        return;
-    ul_event e;
-    switch (ev->type) {
-    case LT_EV_GRANTED:
-        s_observe(&a->wait, ev->lease->waited_ms * 1000);
-        if (ev->waiter && ev->lease->uvm->last.valid && ev->now >= ev->lease->uvm->last.at)
-            s_observe(&a->handoff, (ev->now - ev->lease->uvm->last.at) * 1000);
-        s_event_from_lease(&e, UL_EV_GRANT, ev->lease);
-        e.duration_ms = ev->lease->waited_ms;
-        break;
-    case LT_EV_RELEASED:
-        s_observe(&a->hold, (ev->now - ev->lease->granted_at) * 1000);
-        if (ev->lease->phase[0])
-            s_observe(&a->phase[s_phase_slot(ev->lease->phase)],
-                      (ev->now - ev->lease->phase_at) * 1000);
-        s_event_from_lease(&e, UL_EV_RELEASE, ev->lease);
-        snprintf(e.reason, sizeof e.reason, "%s", lt_reason_name(ev->reason));
-        e.duration_ms = ev->now - ev->lease->granted_at;
-        break;
-    case LT_EV_PHASE: {
-        const lt_lease *l = ev->lease;
-        /* The phase before this one just ended. */
-        if (l->n_phases >= 2) {
-            const ul_phase_rec *prev = &l->phases[l->n_phases - 2];
-            /* Time with the phase cleared ("") belongs to no phase. */
-            if (prev->phase[0])
-                s_observe(&a->phase[s_phase_slot(prev->phase)], (ev->now - prev->at_ms) * 1000);
-        }
-        s_event_from_lease(&e, UL_EV_PHASE, l);
-        break;
-    }
-    case LT_EV_OVERDUE:
-        s_event_from_lease(&e, UL_EV_OVERDUE, ev->lease);
-        e.duration_ms = ev->now - ev->lease->granted_at;
-        break;
-    case LT_EV_FAILED:
-    case LT_EV_QUEUED: {
-        const lt_waiter *w = ev->waiter;
-        memset(&e, 0, sizeof e);
-        /* A deadline that passed while no grant could be recorded is a
-         * timeout too (PROTOCOL.md 6.3), not a cancel. */
-        bool deadline = ev->err == UVMLEASE_ETIMEDOUT || ev->err == UVMLEASE_EJOURNAL;
-        e.type = ev->type == LT_EV_QUEUED ? UL_EV_QUEUED : deadline ? UL_EV_TIMEOUT : UL_EV_CANCEL;
-        snprintf(e.uvm, sizeof e.uvm, "%s", w->uvm->id);
-        e.pid = w->owner ? w->owner->id.pid : 0;
-        snprintf(e.label, sizeof e.label, "%s", w->label);
-        if (ev->type == LT_EV_FAILED)
-            snprintf(e.reason, sizeof e.reason, "%s", ul_status_name(ev->err));
-        e.duration_ms = ev->now - w->enqueued_at;
-        break;
-    }
-    default:
-        /* drain / undrain are emitted by s_control, which knows who asked. */
-        return;
-    }
-    s_emit(b, &e);
+    const char *why = NULL;
+    err = ul_watch_subscribe(b, peer, req->op == UL_OP_UNWATCH, &why);
+    ul_broker_reply_error(b, peer, req, err, why);
+    ul_broker_proc_maybe_forget(b, p);
 }
 
 /* ---- control ----------------------------------------------------------- */
-
-static bool s_kill_add(ul_admin *a, bproc *p, uint64_t at)
-{
-    for (uint32_t i = 0; i < a->n_kills; i++)
-        if (a->kills[i].proc == p)
-            return true;
-    if (a->n_kills >= S_MAX_KILLS)
-        return false;
-    a->kills[a->n_kills].proc = p;
-    a->kills[a->n_kills].sigkill_at = at;
-    a->n_kills++;
-    return true;
-}
-
-/* Signal the processes that keep the UVM's leases (holder and watched
- * child) through their pidfds; their deaths, seen on the pidfds, release
- * the leases with reason "killed". */
-/* Whether pid names lease l: its holder, or its watched child (the pid an
- * admin sees once the holder is gone). 0 names every lease. */
-static bool s_names(const lt_lease *l, uint32_t pid)
-{
-    return pid == 0 || l->pid == pid || (l->child && l->child->id.pid == pid);
-}
-
-/* Signal the processes that keep the UVM's leases (holder and watched
- * child) through their pidfds; their deaths, seen on the pidfds, release
- * the leases with reason "killed". Room for every kill job is checked
- * before anything is signalled. */
-static int s_kill(uvmlease_broker *b, lt_uvm *u, uint32_t pid, uint64_t now, uint32_t *signalled)
-{
-    ul_admin *a = s_admin(b);
-    if (!a)
-        return UVMLEASE_ENOMEM;
-    *signalled = 0;
-    bproc *targets[2 * S_MAX_KILLS];
-    uint32_t n = 0;
-    bool named = false;
-    const ul_list *pos;
-    for (pos = u->holders.next; pos != &u->holders; pos = pos->next) {
-        const lt_lease *l = ul_container_of(pos, lt_lease, uvm_link);
-        if (!s_names(l, pid))
-            continue;
-        named = true;
-        lt_owner *anchors[2] = {l->owner, l->child};
-        for (int k = 0; k < 2; k++) {
-            bproc *p = anchors[k] ? anchors[k]->user : NULL;
-            if (!p || p->kill_pending)
-                continue;
-            if (a->n_kills + n >= S_MAX_KILLS)
-                return UVMLEASE_ERESOURCE;
-            targets[n++] = p;
-        }
-    }
-    if (!named)
-        return UVMLEASE_ENOLEASE;
-    for (uint32_t i = 0; i < n; i++) {
-        bproc *p = targets[i];
-        if (p->kill_pending) /* holder of two leases of this UVM */
-            continue;
-        if (ul_pidfd_send_signal(p->pidfd, SIGTERM) < 0)
-            continue; /* already gone (its pidfd will say so) or not ours to signal */
-        s_kill_add(a, p, now + b->cfg.kill_grace_ms);
-        p->kill_pending = true;
-        (*signalled)++;
-    }
-    /* Already being killed, or dying: the lease moves on at the death. */
-    return 0;
-}
 
 static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
@@ -669,7 +394,7 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
             snprintf(e.uvm, sizeof e.uvm, "%s", req->uvm);
             e.pid = peer->pid;
             snprintf(e.reason, sizeof e.reason, "%s", req->reason);
-            s_emit(b, &e);
+            ul_watch_emit(b, &e);
         }
         break;
     default: {
@@ -679,7 +404,7 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
             break;
         }
         if (req->mode == UL_FORCE_KILL) {
-            rc = s_kill(b, u, req->pid, now, &signalled);
+            rc = ul_kills_start(b, u, req->pid, now, &signalled);
             if (rc == 0)
                 snprintf(detail, sizeof detail,
                          "signalled %u process(es); the lease is handed on once they are dead",
@@ -698,7 +423,7 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
             e.pid = req->pid;
             snprintf(e.reason, sizeof e.reason, "%s", req->reason);
             snprintf(e.phase, sizeof e.phase, "%s", req->mode == UL_FORCE_KILL ? "kill" : "revoke");
-            s_emit(b, &e);
+            ul_watch_emit(b, &e);
         }
         break;
     }
@@ -714,7 +439,7 @@ static void s_control(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     ul_broker_send(b, peer->route, &rep);
 }
 
-void ul_broker_admin(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
+void ul_admin_handle(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
     switch (req->op) {
     case UL_OP_LIST:
@@ -739,57 +464,4 @@ void ul_broker_admin(uvmlease_broker *b, const ul_peer *peer, const ul_request *
         ul_broker_reply_error(b, peer, req, UVMLEASE_ENOTIMPL, NULL);
         break;
     }
-}
-
-/* ---- hooks ------------------------------------------------------------- */
-
-void ul_broker_proc_gone_hook(uvmlease_broker *b, bproc *p)
-{
-    ul_admin *a = b->admin;
-    if (!a)
-        return;
-    for (uint32_t i = 0; i < a->n_watchers;) {
-        if (a->watchers[i].pid == p->pid)
-            a->watchers[i] = a->watchers[--a->n_watchers];
-        else
-            i++;
-    }
-    for (uint32_t i = 0; i < a->n_kills;) {
-        if (a->kills[i].proc == p)
-            a->kills[i] = a->kills[--a->n_kills];
-        else
-            i++;
-    }
-}
-
-bool ul_broker_proc_pinned(uvmlease_broker *b, const bproc *p)
-{
-    if (p->kill_pending)
-        return true;
-    const ul_admin *a = b->admin;
-    for (uint32_t i = 0; a && i < a->n_watchers; i++)
-        if (a->watchers[i].pid == p->pid)
-            return true;
-    return false;
-}
-
-/* SIGKILL the processes whose grace period ran out. Returns the next
- * deadline. */
-uint64_t ul_broker_timers(uvmlease_broker *b, uint64_t now)
-{
-    ul_admin *a = b->admin;
-    uint64_t next = LT_NEVER;
-    for (uint32_t i = 0; a && i < a->n_kills; i++) {
-        kill_job *k = &a->kills[i];
-        if (k->sigkill_at == 0)
-            continue;
-        if (k->sigkill_at <= now) {
-            /* Still tracked, so its pidfd has not reported the death. */
-            ul_pidfd_send_signal(k->proc->pidfd, SIGKILL);
-            k->sigkill_at = 0;
-        } else if (k->sigkill_at < next) {
-            next = k->sigkill_at;
-        }
-    }
-    return next;
 }

@@ -14,22 +14,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 #include <zmq.h>
 
-#include "broker_internal.h"
+#include "admin.h"
+#include "events.h"
+#include "heartbeat.h"
+#include "kills.h"
+#include "ops.h"
+#include "persist.h"
+#include "procs.h"
+#include "send.h"
+#include "watch.h"
 #include "conn.h"
 #include "runtime.h"
 #include "ul_sys.h"
 #include "ul_text.h"
 
-#define S_MAX_BATCH      512  /* messages handled per loop iteration */
-#define S_MAX_PROCS      8192 /* client processes tracked at once */
-#define S_IDLE_KEEP      256  /* idle processes kept tracked (saves pidfd_open + /proc reads) */
-#define S_REJECT_BURST   20   /* rejected-input log lines: burst ... */
-#define S_REJECT_PER_SEC 5    /* ... and sustained rate */
+#define S_MAX_BATCH 512 /* messages handled per loop iteration */
 
 void uvmlease_broker_config_init(uvmlease_broker_config *cfg)
 {
@@ -57,541 +59,37 @@ uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms)
     return b->wall_base_ms + mono_ms;
 }
 
-/* ---- client processes ------------------------------------------------- */
-
-static uint32_t s_pid_slot(const uvmlease_broker *b, uint32_t pid)
+/* Decode a request and hand it to the client or the admin operations. */
+static void s_dispatch(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len)
 {
-    return (pid * 2654435761u) & (b->proc_cap - 1);
-}
-
-static bproc *s_proc_find(uvmlease_broker *b, uint32_t pid)
-{
-    if (b->proc_cap == 0)
-        return NULL;
-    for (bproc *p = b->procs[s_pid_slot(b, pid)]; p; p = p->hnext)
-        if (p->pid == pid)
-            return p;
-    return NULL;
-}
-
-static void s_proc_unlink(uvmlease_broker *b, bproc *p)
-{
-    if (ul_list_linked(&p->idle_link)) {
-        ul_list_remove(&p->idle_link);
-        b->n_idle--;
-    }
-    if (ul_list_linked(&p->check_link))
-        ul_list_remove(&p->check_link);
-    bproc **pp = &b->procs[s_pid_slot(b, p->pid)];
-    while (*pp && *pp != p)
-        pp = &(*pp)->hnext;
-    if (*pp)
-        *pp = p->hnext;
-    b->n_procs--;
-}
-
-/* Free the reply routes stored in the owner's waiters and leases: the
- * process is gone, nothing will be sent to it. */
-static void s_drop_routes(lt_owner *o)
-{
-    ul_list *pos, *tmp;
-    ul_list_foreach_safe(pos, tmp, &o->waiters)
-    {
-        lt_waiter *w = ul_container_of(pos, lt_waiter, owner_link);
-        free(w->user);
-        w->user = NULL;
-    }
-    ul_list_foreach_safe(pos, tmp, &o->leases)
-    {
-        lt_lease *l = ul_container_of(pos, lt_lease, owner_link);
-        free(l->user);
-        l->user = NULL;
-    }
-}
-
-/* The process behind p is gone (or its pid was reused): end its leases,
- * waiters and anchors, and forget it. */
-static void s_proc_gone(uvmlease_broker *b, bproc *p, lt_reason reason)
-{
-    uint64_t now = ul_now_ms();
-    char pidbuf[16];
-    snprintf(pidbuf, sizeof pidbuf, "%u", p->pid);
-    ul_log(&b->log, UL_LOG_DEBUG, "process exit", "pid", pidbuf, "comm", p->comm, NULL);
-    s_proc_unlink(b, p);
-    if (p->pidfd >= 0) {
-        epoll_ctl(b->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
-        close(p->pidfd);
-    }
-    if (p->owner) {
-        s_drop_routes(p->owner);
-        lt_owner_exit(b->table, p->owner, reason, now);
-        ul_broker_undo_lost(b);
-    }
-    ul_broker_proc_gone_hook(b, p);
-    /* lt_owner_exit's events may have queued it for an idle check. */
-    if (ul_list_linked(&p->check_link))
-        ul_list_remove(&p->check_link);
-    free(p);
-}
-
-/* Has the process behind a tracked pidfd exited? (A pid can be reused only
- * after its process died, and the pidfd says so.) */
-static bool s_proc_dead(const bproc *p)
-{
-    struct pollfd pfd = {.fd = p->pidfd, .events = POLLIN};
-    return poll(&pfd, 1, 0) > 0;
-}
-
-static int s_proc_grow(uvmlease_broker *b)
-{
-    uint32_t ncap = b->proc_cap ? b->proc_cap * 2 : 64;
-    bproc **n = calloc(ncap, sizeof *n);
-    if (!n)
-        return -1;
-    bproc **old = b->procs;
-    uint32_t ocap = b->proc_cap;
-    b->procs = n;
-    b->proc_cap = ncap;
-    for (uint32_t i = 0; i < ocap; i++) {
-        for (bproc *p = old[i], *next; p; p = next) {
-            next = p->hnext;
-            uint32_t s = s_pid_slot(b, p->pid);
-            p->hnext = n[s];
-            n[s] = p;
-        }
-    }
-    free(old);
-    return 0;
-}
-
-/*
- * The tracked process for a peer pid, created on first use: pidfd first,
- * then the start time, so the start time read belongs to the process the
- * pidfd watches. Returns NULL with *err set.
- */
-bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *err)
-{
-    bproc *p = s_proc_find(b, pid);
-    if (p && s_proc_dead(p)) {
-        s_proc_gone(b, p, p->kill_pending ? LT_R_KILLED : LT_R_HOLDER_EXIT);
-        p = NULL;
-    }
-    if (p) {
-        if (ul_list_linked(&p->idle_link)) {
-            ul_list_remove(&p->idle_link);
-            b->n_idle--;
-        }
-        return p;
-    }
-    if (b->n_procs >= S_MAX_PROCS) {
-        *err = UVMLEASE_ERESOURCE;
-        return NULL;
-    }
-    if (b->n_procs + 1 > b->proc_cap / 2 && s_proc_grow(b) < 0) {
-        *err = UVMLEASE_ENOMEM;
-        return NULL;
-    }
-    int fd = ul_pidfd_open((pid_t)pid);
-    if (fd < 0) {
-        /* The peer is already gone (ESRCH): nothing to hold for it. */
-        *err = UVMLEASE_EPEER;
-        return NULL;
-    }
-    uint64_t start = ul_proc_start_time((pid_t)pid);
-    /* The sender may have exited (and its pid been reused) before we got
-     * here: if the pidfd already reports a death, the start time read may
-     * be another process's. Nothing is held for a sender that is gone. */
-    struct pollfd gone = {.fd = fd, .events = POLLIN};
-    if (start == 0 || poll(&gone, 1, 0) != 0) {
-        close(fd);
-        *err = UVMLEASE_EPEER;
-        return NULL;
-    }
-    p = calloc(1, sizeof *p);
-    if (!p) {
-        close(fd);
-        *err = UVMLEASE_ENOMEM;
-        return NULL;
-    }
-    ul_list_init(&p->idle_link);
-    ul_list_init(&p->check_link);
-    p->pid = pid;
-    p->uid = uid;
-    p->start_time = start;
-    p->pidfd = fd;
-    ul_proc_comm((pid_t)pid, p->comm, sizeof p->comm);
-    /* A process names itself: whatever bytes it chose must not reach a
-     * reply (the codec refuses control characters) or a log unescaped. */
-    ul_text_sanitize(p->comm, UL_MAX_COMM);
-    lt_ident id = {.pid = pid, .uid = uid, .start_time = start};
-    snprintf(id.comm, sizeof id.comm, "%s", p->comm);
-    p->owner = lt_owner_new(b->table, &id);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
-    if (!p->owner || epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-        if (p->owner)
-            lt_owner_free(b->table, p->owner);
-        close(fd);
-        free(p);
-        *err = UVMLEASE_ENOMEM;
-        return NULL;
-    }
-    p->owner->user = p;
-    uint32_t s = s_pid_slot(b, pid);
-    p->hnext = b->procs[s];
-    b->procs[s] = p;
-    b->n_procs++;
-    return p;
-}
-
-/* A tracked process whose owner has nothing left costs a pidfd. Keep the
- * most recently used ones (a shim acquires again soon, and re-tracking costs
- * pidfd_open and two /proc reads); forget the oldest beyond S_IDLE_KEEP. */
-static void s_proc_forget(uvmlease_broker *b, bproc *p)
-{
-    s_proc_unlink(b, p);
-    epoll_ctl(b->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
-    close(p->pidfd);
-    lt_owner_free(b->table, p->owner);
-    free(p);
-}
-
-void ul_broker_proc_check_idle(uvmlease_broker *b)
-{
-    /* Undoing a lost grant ends a lease, which can leave a process idle. */
-    ul_broker_undo_lost(b);
-    while (!ul_list_empty(&b->check)) {
-        bproc *p = ul_container_of(b->check.next, bproc, check_link);
-        ul_list_remove(&p->check_link);
-        ul_broker_proc_maybe_forget(b, p);
-    }
-}
-
-void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p)
-{
-    if (!p || !p->owner || !lt_owner_idle(p->owner) || ul_broker_proc_pinned(b, p))
-        return;
-    if (!ul_list_linked(&p->idle_link)) {
-        ul_list_insert_tail(&b->idle, &p->idle_link);
-        b->n_idle++;
-    }
-    while (b->n_idle > S_IDLE_KEEP) {
-        bproc *old = ul_container_of(b->idle.next, bproc, idle_link);
-        s_proc_forget(b, old);
-    }
-}
-
-/* ---- sending ---------------------------------------------------------- */
-
-int ul_broker_send_raw(uvmlease_broker *b, const broute *to, const void *data, size_t len)
-{
-    if (!to || to->len == 0)
-        return -1;
-    /* ZMQ_ROUTER_MANDATORY: a peer that is gone is reported (EHOSTUNREACH)
-     * instead of silently dropped; one over its high-water mark gets
-     * EAGAIN and the message is dropped: a client that stops reading
-     * cannot grow our memory. */
-    if (zmq_send(b->router, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        return zmq_errno() == EHOSTUNREACH ? -1 : -2;
-    if (zmq_send(b->router, data, len, ZMQ_DONTWAIT) < 0)
-        return -2;
-    return 0;
-}
-
-int ul_broker_encode(uvmlease_broker *b, ul_reply *rep)
-{
-    rep->version = UL_PROTO_VERSION;
-    rep->instance = b->instance;
-    b->out.len = 0;
-    int rc = ul_reply_encode(rep, &b->out);
-    if (rc != 0) {
-        char code[16], rid[24];
-        snprintf(code, sizeof code, "%d", rc);
-        s_u64(rid, sizeof rid, rep->rid);
-        const char *op = ul_op_name(rep->op);
-        ul_log(&b->log, UL_LOG_ERROR, "cannot encode reply", "err", ul_status_name(rc), "code",
-               code, "kind", rep->kind == UL_MSG_REPLY ? "reply" : "unasked", "rid", rid, "op",
-               op ? op : "", NULL);
-    }
-    return rc;
-}
-
-/* A reply that cannot be encoded is a broker bug, but the request must
- * still be answered: a client would otherwise wait forever. The stand-in
- * carries only what always encodes (rid, op, a fixed detail). */
-static int s_send_internal(uvmlease_broker *b, const broute *to, const ul_reply *failed, int why)
-{
-    ul_reply rep;
-    memset(&rep, 0, sizeof rep);
-    rep.kind = UL_MSG_REPLY;
-    rep.rid = failed->rid;
-    rep.op = failed->op;
-    rep.err = UVMLEASE_EINTERNAL;
-    snprintf(rep.detail, sizeof rep.detail, "the broker could not encode its reply (%s)",
-             ul_status_name(why));
-    if (ul_broker_encode(b, &rep) != 0)
-        return -2;
-    return ul_broker_send_raw(b, to, b->out.data, b->out.len);
-}
-
-static int s_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
-{
-    if (!to || to->len == 0)
-        return -1;
-    int rc = ul_broker_encode(b, rep);
-    if (rc != 0) {
-        /* Not delivered either way: a grant in it is undone by the caller. */
-        if (rep->kind == UL_MSG_REPLY)
-            s_send_internal(b, to, rep, rc);
-        return -2;
-    }
-    return ul_broker_send_raw(b, to, b->out.data, b->out.len);
-}
-
-int ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep)
-{
-    int rc = s_send(b, to, rep);
-    if (rc != 0 && (unsigned)rep->kind < sizeof b->undelivered / sizeof b->undelivered[0])
-        b->undelivered[rep->kind]++;
-    return rc;
-}
-
-/* ---- lost grants -------------------------------------------------------- */
-
-void ul_broker_grant_lost(uvmlease_broker *b, const lt_lease *l, int sent)
-{
-    char pidbuf[16], lease[24];
-    snprintf(pidbuf, sizeof pidbuf, "%u", l->pid);
-    s_u64(lease, sizeof lease, l->id);
-    ul_log(&b->log, UL_LOG_WARN, "grant undeliverable", "uvm", l->uvm->id, "pid", pidbuf, "lease",
-           lease, "why", sent == -1 ? "connection gone" : "connection full", NULL);
-    if (b->n_lost == b->lost_cap) {
-        uint32_t ncap = b->lost_cap ? b->lost_cap * 2 : 16;
-        uint64_t *n = realloc(b->lost, ncap * sizeof *n);
-        if (!n) {
-            /* The lease stays with a holder that does not know it until
-             * that process exits or cancels the acquire. */
-            ul_log(&b->log, UL_LOG_ERROR, "cannot undo an undeliverable grant", "lease", lease,
-                   NULL);
-            return;
-        }
-        b->lost = n;
-        b->lost_cap = ncap;
-    }
-    b->lost[b->n_lost++] = l->id;
-}
-
-void ul_broker_undo_lost(uvmlease_broker *b)
-{
-    while (b->n_lost > 0) {
-        uint64_t id = b->lost[--b->n_lost];
-        lt_lease *l = lt_lease_find(b->table, id);
-        /* Gone already (its holder exited meanwhile): nothing to undo. */
-        if (l && l->owner)
-            lt_release_as(b->table, l->owner, id, LT_R_UNDELIVERABLE, ul_now_ms());
-    }
-}
-
-void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
-                           bool with_phases)
-{
-    memset(h, 0, sizeof *h);
-    const lt_owner *o = l->owner ? l->owner : l->child;
-    h->lease = l->id;
-    h->fence = l->fence;
-    if (o) {
-        h->pid = o->id.pid;
-        h->uid = o->id.uid;
-        snprintf(h->comm, sizeof h->comm, "%s", o->id.comm);
-    }
-    if (l->child)
-        h->child_pid = l->child->id.pid;
-    snprintf(h->label, sizeof h->label, "%s", l->label);
-    snprintf(h->phase, sizeof h->phase, "%s", l->phase);
-    h->held_ms = now - l->granted_at;
-    h->phase_ms = l->phase[0] ? now - l->phase_at : 0;
-    h->overdue = l->overdue;
-    if (with_phases) {
-        /* The history shows the phases reported; a "" that cleared the
-         * phase is no phase (a phase-record's phase is never empty). */
-        for (uint32_t i = 0; i < l->n_phases && i < UL_PHASES_MAX; i++) {
-            if (!l->phases[i].phase[0])
-                continue;
-            h->phases[h->n_phases] = l->phases[i];
-            h->phases[h->n_phases++].at_ms = ul_broker_wall_of(b, l->phases[i].at_ms);
-        }
-    }
-}
-
-/* ---- table events ------------------------------------------------------ */
-
-/* A lease or waiter of o ended inside a table call: count it, and look at
- * the process once the call has returned (forgetting it now would free an
- * owner the table is still using). */
-static void s_proc_touch(uvmlease_broker *b, const lt_owner *o)
-{
-    bproc *p = o ? o->user : NULL;
-    if (p && !ul_list_linked(&p->check_link))
-        ul_list_insert_tail(&b->check, &p->check_link);
-}
-
-static void s_proc_inactive(uvmlease_broker *b, const lt_owner *o)
-{
-    bproc *p = o ? o->user : NULL;
-    if (p && p->n_active > 0)
-        p->n_active--;
-    s_proc_touch(b, o);
-}
-
-static void s_on_event(void *ctx, const lt_event *ev)
-{
-    uvmlease_broker *b = ctx;
-    char pidbuf[16] = "", fence[24] = "", lease[24] = "", dur[24] = "";
-    switch (ev->type) {
-    case LT_EV_GRANTED: {
-        const lt_lease *l = ev->lease;
-        const lt_owner *o = l->owner;
-        snprintf(pidbuf, sizeof pidbuf, "%u", o ? o->id.pid : 0);
-        s_u64(fence, sizeof fence, l->fence);
-        s_u64(lease, sizeof lease, l->id);
-        s_u64(dur, sizeof dur, l->waited_ms);
-        ul_log(&b->log, UL_LOG_INFO, "grant", "uvm", l->uvm->id, "pid", pidbuf, "comm",
-               o ? o->id.comm : "", "label", l->label, "lease", lease, "fence", fence, "waited_ms",
-               dur, NULL);
-        if (ev->waiter) {
-            ul_reply rep;
-            memset(&rep, 0, sizeof rep);
-            rep.kind = UL_MSG_GRANT;
-            rep.rid = ev->waiter->rid;
-            rep.lease = l->id;
-            rep.fence = l->fence;
-            snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
-            int sent = ul_broker_send(b, ev->waiter->user, &rep);
-            /* A holder that never learns of its grant would keep the UVM
-             * for its whole life: undone once the table call returns. */
-            if (sent != 0)
-                ul_broker_grant_lost(b, l, sent);
-        }
-        break;
-    }
-    case LT_EV_FAILED: {
-        const lt_waiter *w = ev->waiter;
-        snprintf(pidbuf, sizeof pidbuf, "%u", w->owner ? w->owner->id.pid : 0);
-        s_u64(dur, sizeof dur, ev->now - w->enqueued_at);
-        const char *what = ev->err == UVMLEASE_ETIMEDOUT    ? "timeout"
-                           : ev->err == UVMLEASE_ECANCELLED ? "cancel"
-                                                            : "acquire failed";
-        ul_log(&b->log, UL_LOG_INFO, what, "uvm", w->uvm->id, "pid", pidbuf, "label", w->label,
-               "err", ul_status_name(ev->err), "waited_ms", dur, NULL);
-        ul_reply rep;
-        memset(&rep, 0, sizeof rep);
-        rep.kind = UL_MSG_ACQUIRE_FAILED;
-        rep.rid = w->rid;
-        rep.err = (uint32_t)ev->err;
-        snprintf(rep.uvm, sizeof rep.uvm, "%s", w->uvm->id);
-        if (ev->holder) {
-            rep.has_holder = true;
-            ul_broker_fill_holder(b, ev->holder, ev->now, &rep.holder, false);
-        }
-        if (ul_broker_send(b, w->user, &rep) != 0)
-            /* Nothing to undo: the waiter is gone either way. */
-            ul_log(&b->log, UL_LOG_INFO, "acquire end undeliverable", "uvm", w->uvm->id, "pid",
-                   pidbuf, NULL);
-        free(w->user);
-        ev->waiter->user = NULL;
-        s_proc_inactive(b, w->owner);
-        break;
-    }
-    case LT_EV_RELEASED: {
-        lt_lease *l = ev->lease;
-        const lt_owner *o = l->owner ? l->owner : l->child;
-        snprintf(pidbuf, sizeof pidbuf, "%u", o ? o->id.pid : 0);
-        s_u64(lease, sizeof lease, l->id);
-        s_u64(dur, sizeof dur, ev->now - l->granted_at);
-        ul_log(&b->log, ev->reason == LT_R_RELEASED ? UL_LOG_INFO : UL_LOG_WARN, "release", "uvm",
-               l->uvm->id, "pid", pidbuf, "label", l->label, "lease", lease, "reason",
-               lt_reason_name(ev->reason), "held_ms", dur, NULL);
-        /* A killed holder is dead by the time its lease is released:
-         * nothing is sent for a kill (PROTOCOL.md 6.2). */
-        if (ev->reason == LT_R_REVOKED) {
-            ul_reply rep;
-            memset(&rep, 0, sizeof rep);
-            rep.kind = UL_MSG_REVOKED;
-            rep.lease = l->id;
-            snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
-            snprintf(rep.reason, sizeof rep.reason, "%s",
-                     b->revoke_reason ? b->revoke_reason : lt_reason_name(ev->reason));
-            /* Nothing to undo: its later calls on the lease get "revoked". */
-            if (ul_broker_send(b, l->user, &rep) != 0)
-                ul_log(&b->log, UL_LOG_WARN, "revoke notice undeliverable", "uvm", l->uvm->id,
-                       "pid", pidbuf, "lease", lease, NULL);
-        }
-        ul_persist_release(b, l->id);
-        free(l->user);
-        l->user = NULL;
-        s_proc_inactive(b, l->owner);
-        s_proc_touch(b, l->child); /* an anchor is not counted, but may now be idle */
-        break;
-    }
-    case LT_EV_OVERDUE: {
-        const lt_lease *l = ev->lease;
-        const lt_owner *o = l->owner ? l->owner : l->child;
-        snprintf(pidbuf, sizeof pidbuf, "%u", o ? o->id.pid : 0);
-        s_u64(dur, sizeof dur, ev->now - l->granted_at);
-        ul_log(&b->log, UL_LOG_WARN, "lease overdue", "uvm", l->uvm->id, "pid", pidbuf, "comm",
-               o ? o->id.comm : "", "label", l->label, "phase", l->phase, "held_ms", dur, NULL);
-        break;
-    }
-    case LT_EV_PHASE: {
-        const lt_lease *l = ev->lease;
-        snprintf(pidbuf, sizeof pidbuf, "%u", l->owner ? l->owner->id.pid : 0);
-        ul_log(&b->log, UL_LOG_INFO, "phase", "uvm", l->uvm->id, "pid", pidbuf, "label", l->label,
-               "phase", l->phase, NULL);
-        break;
-    }
-    case LT_EV_QUEUED: {
-        const lt_waiter *w = ev->waiter;
-        snprintf(pidbuf, sizeof pidbuf, "%u", w->owner ? w->owner->id.pid : 0);
-        ul_log(&b->log, UL_LOG_DEBUG, "queued", "uvm", w->uvm->id, "pid", pidbuf, "label", w->label,
-               NULL);
-        break;
-    }
-    case LT_EV_DRAIN:
-    case LT_EV_UNDRAIN:
-        ul_log(&b->log, UL_LOG_INFO, ev->type == LT_EV_DRAIN ? "drain" : "undrain", "uvm",
-               ev->uvm ? ev->uvm->id : "", NULL);
-        break;
-    }
-    ul_broker_event_hook(b, ev);
-}
-
-/* ---- rejected input ---------------------------------------------------- */
-
-/* Token bucket: a flood of bad messages must not become a flood of log
- * lines. */
-void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what)
-{
-    uint64_t now = ul_now_ms();
-    uint64_t elapsed = now - b->reject_refill_at;
-    if (elapsed >= 1000 / S_REJECT_PER_SEC) {
-        uint64_t add = elapsed * S_REJECT_PER_SEC / 1000;
-        b->reject_tokens =
-            b->reject_tokens + add > S_REJECT_BURST ? S_REJECT_BURST : b->reject_tokens + add;
-        b->reject_refill_at = now;
-    }
-    b->rejected_total++;
-    if ((unsigned)code < sizeof b->rejected_by_code / sizeof b->rejected_by_code[0])
-        b->rejected_by_code[code]++;
-    if (b->reject_tokens == 0) {
-        b->reject_suppressed++;
+    ul_request req;
+    int rc = ul_request_decode(data, len, &req);
+    if (rc) {
+        char detail[UL_MAX_DETAIL + 1];
+        if (rc == UVMLEASE_EVERSION)
+            /* PROTOCOL.md section 4: the versions supported, in a form a
+             * client of any version can show. */
+            snprintf(detail, sizeof detail, "supported: %d", UL_PROTO_VERSION);
+        else
+            snprintf(detail, sizeof detail, "%s", ul_status_message(rc));
+        ul_broker_reply_error(b, peer, &req, rc, detail);
+        ul_broker_log_reject(b, peer->pid, rc, "decode");
         return;
     }
-    b->reject_tokens--;
-    char pidbuf[16], sup[24];
-    snprintf(pidbuf, sizeof pidbuf, "%u", pid);
-    s_u64(sup, sizeof sup, b->reject_suppressed);
-    b->reject_suppressed = 0;
-    ul_log(&b->log, UL_LOG_WARN, "rejected input", "pid", pidbuf, "err", ul_status_name(code),
-           "what", what, "suppressed", sup, NULL);
+    switch (req.op) {
+    case UL_OP_HELLO:
+    case UL_OP_PING:
+    case UL_OP_ACQUIRE:
+    case UL_OP_CANCEL:
+    case UL_OP_RELEASE:
+    case UL_OP_PHASE:
+    case UL_OP_WATCH_CHILD:
+        ul_ops_handle(b, peer, &req);
+        break;
+    default:
+        ul_admin_handle(b, peer, &req);
+        break;
+    }
 }
 
 /* ---- receiving --------------------------------------------------------- */
@@ -659,23 +157,13 @@ static int s_recv_one(uvmlease_broker *b)
         ul_broker_reply_error(b, &peer, NULL, UVMLEASE_EMULTIPART, "send one frame per message");
         ul_broker_log_reject(b, pid, UVMLEASE_EMULTIPART, "frames");
     } else {
-        ul_broker_handle(b, &peer, zmq_msg_data(&body), zmq_msg_size(&body));
+        s_dispatch(b, &peer, zmq_msg_data(&body), zmq_msg_size(&body));
     }
     zmq_msg_close(&body);
     return 1;
 }
 
 /* ---- the loop ---------------------------------------------------------- */
-
-static void s_handle_exits(uvmlease_broker *b)
-{
-    struct epoll_event evs[64];
-    int n = epoll_wait(b->epfd, evs, 64, 0);
-    for (int i = 0; i < n; i++) {
-        bproc *p = evs[i].data.ptr;
-        s_proc_gone(b, p, p->kill_pending ? LT_R_KILLED : LT_R_HOLDER_EXIT);
-    }
-}
 
 static void *s_run(void *arg)
 {
@@ -693,7 +181,7 @@ static void *s_run(void *arg)
     for (;;) {
         uint64_t now = ul_now_ms();
         uint64_t next = lt_tick(b->table, now);
-        uint64_t next2 = ul_broker_timers(b, now);
+        uint64_t next2 = ul_kills_tick(b, now);
         uint64_t next3 = ul_persist_tick(b, now);
         uint64_t next4 = ul_heartbeat_tick(b, now);
         ul_broker_proc_check_idle(b);
@@ -725,7 +213,7 @@ static void *s_run(void *arg)
         /* Deaths first: a message that follows a death must not find the
          * dead holder still holding. */
         if (items[2].revents & ZMQ_POLLIN)
-            s_handle_exits(b);
+            ul_procs_reap(b);
         if (items[0].revents & ZMQ_POLLIN) {
             /* Deadlines that passed while we slept are settled before any
              * release is processed, and the table refuses to grant a
@@ -752,20 +240,10 @@ static void s_free(uvmlease_broker *b)
         zmq_close(b->router);
     if (b->zctx)
         zmq_ctx_term(b->zctx);
-    if (b->procs) {
-        for (uint32_t i = 0; i < b->proc_cap; i++) {
-            for (bproc *p = b->procs[i], *next; p; p = next) {
-                next = p->hnext;
-                if (p->pidfd >= 0)
-                    close(p->pidfd);
-                if (p->owner)
-                    s_drop_routes(p->owner);
-                free(p);
-            }
-        }
-        free(b->procs);
-    }
+    ul_procs_free(b);
     ul_broker_admin_free(b);
+    ul_watch_free(b);
+    ul_kills_free(b);
     ul_persist_close(b);
     free(b->lost);
     lt_free(&b->table);
@@ -803,7 +281,7 @@ static uvmlease_broker *s_new(const uvmlease_broker_config *cfg)
     b->instance = ul_random64();
     ul_list_init(&b->idle);
     ul_list_init(&b->check);
-    b->reject_tokens = S_REJECT_BURST;
+    b->reject_tokens = UL_REJECT_BURST;
     b->reject_refill_at = ul_now_ms();
     b->wall_base_ms = ul_wall_ms() - ul_now_ms();
     return b;
@@ -848,13 +326,13 @@ static int s_open_state(uvmlease_broker *b, char *err, size_t errsz)
         /* Peers choose UVM ids: a secret hash key keeps them from
          * crafting collisions. */
         .hash_key = {ul_random64(), ul_random64()},
-        .on_event = s_on_event,
+        .on_event = ul_broker_on_event,
         .persist = ul_persist_grant,
         .ctx = b,
     };
     b->table = lt_new(&tc);
-    b->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    b->epfd = epoll_create1(EPOLL_CLOEXEC);
+    b->stop_efd = ul_wakeup_new();
+    b->epfd = ul_waitset_new();
     b->zctx = zmq_ctx_new();
     if (!b->table || b->stop_efd < 0 || b->epfd < 0 || !b->zctx) {
         snprintf(err, errsz, "cannot allocate broker resources: %s", strerror(errno));
@@ -955,10 +433,7 @@ void uvmlease_broker_stop(uvmlease_broker **bp)
     if (!bp || !*bp)
         return;
     uvmlease_broker *b = *bp;
-    uint64_t one = 1;
-    if (write(b->stop_efd, &one, sizeof one) < 0) {
-        /* eventfd writes only fail on overflow; the loop wakes anyway. */
-    }
+    ul_wakeup_signal(b->stop_efd);
     pthread_join(b->thread, NULL);
     const lt_stats *st = lt_stats_get(b->table);
     char h[24], w[24];

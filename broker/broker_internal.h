@@ -1,7 +1,9 @@
 /*
- * broker_internal.h — state shared by the broker's files: broker.c (loop,
- * processes, sending), ops.c (client operations), admin.c (admin view,
- * forced release, watchers).
+ * broker_internal.h — what every broker file shares: the broker's state
+ * (struct uvmlease_broker), a route, the peer of a request and a tracked
+ * process. Functions live in each file's own header: procs.h, send.h,
+ * persist.h, conn.h, watch.h, kills.h (services), events.h (table events),
+ * ops.h and admin.h (operations); broker.c is the loop above them.
  */
 #ifndef UL_BROKER_INTERNAL_H
 #define UL_BROKER_INTERNAL_H
@@ -22,7 +24,6 @@
 #include "lease_table.h"
 #include "runtime.h"
 #include "journal.h"
-#include "persist.h"
 #include "ul_log.h"
 #include "ul_proto.h"
 #include "uvmlease_broker.h"
@@ -59,7 +60,9 @@ typedef struct bproc {
     struct bproc *hnext;
 } bproc;
 
-struct ul_admin; /* admin.c */
+struct ul_admin;
+struct ul_watch;
+struct ul_kills;
 struct ul_conns; /* conn.c */
 
 struct uvmlease_broker {
@@ -95,9 +98,9 @@ struct uvmlease_broker {
      * "revoked" notice carries it. */
     const char *revoke_reason;
 
-    ul_buf out;        /* reused for every outgoing message */
-    uint32_t max_leases; /* leases plus waiters on the host */
-    ul_journal *journal; /* in the runtime directory */
+    ul_buf out;           /* reused for every outgoing message */
+    uint32_t max_leases;  /* leases plus waiters on the host */
+    ul_journal *journal;  /* in the runtime directory */
     bool journal_failing; /* exclusive grants suspended until a write works */
     uint64_t journal_failing_since, journal_retry_at, journal_nag_at;
     uint64_t *child_pending; /* leases whose child record waits for a retry */
@@ -109,52 +112,11 @@ struct uvmlease_broker {
     uint64_t rejected_total;
     uint64_t rejected_by_code[128];
 
-    struct ul_admin *admin;
+    struct ul_admin *admin; /* admin.c */
+    struct ul_watch *watch; /* watch.c */
+    struct ul_kills *kills; /* kills.c */
     struct ul_conns *conns;
     uint64_t heartbeat_at; /* next cfg.heartbeat call */
 };
-
-/* broker.c */
-bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *err);
-void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p);
-/* Run maybe_forget on every process a table event touched. */
-void ul_broker_proc_check_idle(uvmlease_broker *b);
-/* A grant of l could not be sent (sent: the ul_broker_send result): log it
- * and queue the lease (safe inside a table event) for ul_broker_undo_lost. */
-void ul_broker_grant_lost(uvmlease_broker *b, const lt_lease *l, int sent);
-/* Release every queued lost grant with reason "undeliverable"; the next
- * waiters are granted, and their grants may be lost in turn. Call after
- * every table call that can grant. */
-void ul_broker_undo_lost(uvmlease_broker *b);
-/* Encode rep into b->out (0 or a status, logged). */
-int ul_broker_encode(uvmlease_broker *b, ul_reply *rep);
-/* Send encoded bytes to a route: 0, -1 if the peer is gone, -2 if not sent
- * (over its high-water mark). */
-int ul_broker_send_raw(uvmlease_broker *b, const broute *to, const void *data, size_t len);
-/* Encode and send: as ul_broker_send_raw, -2 also when encoding failed.
- * A message not sent is counted by kind (stats "undelivered_total"). */
-int ul_broker_send(uvmlease_broker *b, const broute *to, ul_reply *rep);
-void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t now, ul_holder *h,
-                           bool with_phases);
-void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what);
-uint64_t ul_broker_wall_of(const uvmlease_broker *b, uint64_t mono_ms);
-
-
-/* heartbeat.c: call cfg.heartbeat if due; the next time it is (LT_NEVER
- * without one). */
-uint64_t ul_heartbeat_tick(uvmlease_broker *b, uint64_t now);
-
-/* ops.c */
-void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len);
-void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req, int code,
-                           const char *detail);
-
-/* admin.c: list/show/stats/watch/drain/force-release; hooks the loop calls */
-void ul_broker_admin(uvmlease_broker *b, const ul_peer *peer, const ul_request *req);
-void ul_broker_event_hook(uvmlease_broker *b, const lt_event *ev);
-void ul_broker_proc_gone_hook(uvmlease_broker *b, bproc *p);
-bool ul_broker_proc_pinned(uvmlease_broker *b, const bproc *p);
-uint64_t ul_broker_timers(uvmlease_broker *b, uint64_t now);
-void ul_broker_admin_free(uvmlease_broker *b);
 
 #endif

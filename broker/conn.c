@@ -32,12 +32,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "broker_internal.h"
+#include "procs.h"
+#include "send.h"
 #include "ul_sys.h"
 #include "ul_text.h"
 
@@ -113,7 +113,7 @@ static void s_pin_free(ul_conns *c, cpin *p)
     s_unchain(&c->by_id[p->id % S_BUCKETS], p, offsetof(cpin, id_next));
     s_unchain(&c->by_pid[p->pid % S_BUCKETS], p, offsetof(cpin, pid_next));
     if (p->pidfd >= 0) {
-        epoll_ctl(c->pin_epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
+        ul_waitset_del(c->pin_epfd, p->pidfd);
         close(p->pidfd);
     }
     free(p);
@@ -207,8 +207,7 @@ static cpin *s_pin_for(uvmlease_broker *b, int fd, uint32_t pid, uint32_t uid, u
         }
     }
     cpin *p = s_pin_new(c, pid, uid, gid);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = p};
-    if (!p || epoll_ctl(c->pin_epfd, EPOLL_CTL_ADD, pidfd, &ev) < 0) {
+    if (!p || ul_waitset_add(c->pin_epfd, pidfd, p) < 0) {
         if (p)
             s_pin_free(c, p);
         close(pidfd);
@@ -371,7 +370,7 @@ static void s_drain_monitor(uvmlease_broker *b)
 static void s_pin_died(ul_conns *c, cpin *p)
 {
     if (p->pidfd >= 0) {
-        epoll_ctl(c->pin_epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
+        ul_waitset_del(c->pin_epfd, p->pidfd);
         close(p->pidfd);
         p->pidfd = -1;
     }
@@ -386,10 +385,10 @@ static void s_pin_died(ul_conns *c, cpin *p)
 
 static void s_handle_pin_exits(uvmlease_broker *b)
 {
-    struct epoll_event evs[64];
-    int n = epoll_wait(b->conns->pin_epfd, evs, 64, 0);
+    void *ready[64];
+    int n = ul_waitset_ready(b->conns->pin_epfd, ready, 64);
     for (int i = 0; i < n; i++)
-        s_pin_died(b->conns, evs[i].data.ptr);
+        s_pin_died(b->conns, ready[i]);
 }
 
 /* ---- ZAP ------------------------------------------------------------------- */
@@ -539,7 +538,7 @@ int ul_conn_open(uvmlease_broker *b, char *err, size_t errsz)
         return UVMLEASE_ENOMEM;
     }
     b->conns = c;
-    c->pin_epfd = epoll_create1(EPOLL_CLOEXEC);
+    c->pin_epfd = ul_waitset_new();
     char ep[64];
     snprintf(ep, sizeof ep, "inproc://uvmlease-monitor-%p", (void *)b);
     /* ZMQ_ZAP_DOMAIN makes the NULL mechanism ask the ZAP handler. The

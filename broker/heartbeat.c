@@ -1,8 +1,8 @@
 /*
- * heartbeat.c — the embedder's heartbeat, called from the broker's loop
- * (uvmlease_broker_config.heartbeat): uvmleased turns it into systemd's
- * WATCHDOG=1 and STATUS= lines.
+ * heartbeat.c — the embedder's heartbeat (see heartbeat.h).
  */
+#include "heartbeat.h"
+
 #include "broker_internal.h"
 #include "persist.h"
 

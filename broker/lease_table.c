@@ -966,7 +966,7 @@ lt_owner *lt_owner_new(lt_table *t, const lt_ident *id)
     if (!o)
         return NULL;
     o->id = *id;
-    o->id.comm[UL_MAX_COMM] = '\0';
+    o->id.comm[LT_MAX_COMM] = '\0';
     ul_list_init(&o->leases);
     ul_list_init(&o->waiters);
     ul_list_init(&o->anchored);
@@ -1039,8 +1039,8 @@ static int s_check_uvm(const char *uvm, size_t *len)
 {
     if (!uvm)
         return UVMLEASE_EINVAL;
-    *len = strnlen(uvm, UL_MAX_UVM + 1);
-    return (*len == 0 || *len > UL_MAX_UVM) ? UVMLEASE_EBADUVM : 0;
+    *len = strnlen(uvm, LT_MAX_UVM + 1);
+    return (*len == 0 || *len > LT_MAX_UVM) ? UVMLEASE_EBADUVM : 0;
 }
 
 static uint32_t s_position(lt_waiter *w)
@@ -1049,6 +1049,88 @@ static uint32_t s_position(lt_waiter *w)
     for (ul_list *n = w->uvm->waiters.next; n != &w->uvm_link; n = n->next)
         pos++;
     return pos;
+}
+
+/* A re-send of a known (owner, rid): answer from what it became. 1 if
+ * known (*rc set), 0 if new. */
+static int s_acquire_known(lt_table *t, lt_owner *o, const lt_acquire_args *a,
+                           lt_acquire_result *res, int *rc)
+{
+    lt_lease *old = s_lease_by_rid(t, o, a->rid);
+    lt_waiter *oldw = old ? NULL : s_waiter_by_rid(t, o, a->rid);
+    if (!old && !oldw)
+        return 0;
+    lt_uvm *ou = old ? old->uvm : oldw->uvm;
+    bool conf = old ? ou->confidential : oldw->confidential;
+    *rc = 0;
+    if (strcmp(ou->id, a->uvm) != 0 || conf != a->confidential) {
+        *rc = UVMLEASE_EDUPLICATE;
+        return 1;
+    }
+    res->resent = true;
+    if (old) {
+        res->lease = old;
+    } else {
+        res->waiter = oldw;
+        res->position = s_position(oldw);
+    }
+    return 1;
+}
+
+/* Grant l at once if its record can be written. */
+static bool s_grant_now(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, const lt_acquire_args *a,
+                        uint64_t now)
+{
+    l->rid = a->rid;
+    s_copy(l->label, a->label ? a->label : "", LT_MAX_LABEL);
+    l->user = a->user;
+    l->waited_ms = 0;
+    s_lease_fill(t, u, l, o, now);
+    if (!s_persist(t, l))
+        return false;
+    s_lease_link(t, u, l, o);
+    s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .now = now});
+    return true;
+}
+
+/* Queue w (allocated, with its spare lease l) at the tail of u. */
+static void s_enqueue(lt_table *t, lt_uvm *u, lt_waiter *w, lt_lease *l, lt_owner *o,
+                      const lt_acquire_args *a, uint64_t deadline, uint64_t now)
+{
+    w->rid = a->rid;
+    w->uvm = u;
+    w->owner = o;
+    w->confidential = a->confidential;
+    s_copy(w->label, a->label ? a->label : "", LT_MAX_LABEL);
+    w->enqueued_at = now;
+    w->timeout_ms = a->timeout_ms;
+    w->deadline = deadline;
+    w->seq = ++t->seq;
+    w->user = a->user;
+    w->heap_idx = S_NONE;
+    w->spare = l;
+    ul_list_insert_tail(&u->waiters, &w->uvm_link);
+    ul_list_insert_tail(&o->waiters, &w->owner_link);
+    s_ht_insert(t, &t->waiter_rids, &w->rnode, s_hash_rid(t, o, w->rid));
+    if (deadline != LT_NEVER)
+        s_dl_push(t, w);
+    u->n_waiters++;
+    t->stats.waiters++;
+    s_ready_update(t, u);
+    s_emit(
+        t,
+        &(lt_event){
+            .type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u), .now = now});
+}
+
+static int s_acquire_check(const lt_acquire_args *a, size_t *len)
+{
+    int rc = s_check_uvm(a->uvm, len);
+    if (rc)
+        return rc;
+    if (strnlen(a->label ? a->label : "", LT_MAX_LABEL + 1) > LT_MAX_LABEL)
+        return UVMLEASE_EBADTEXT;
+    return a->timeout_ms < -1 ? UVMLEASE_EBADVALUE : 0;
 }
 
 int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
@@ -1061,32 +1143,12 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     if (!t || !o || !a)
         return UVMLEASE_EINVAL;
     size_t len;
-    int rc = s_check_uvm(a->uvm, &len);
+    int rc = s_acquire_check(a, &len);
     if (rc)
         return rc;
-    const char *label = a->label ? a->label : "";
-    if (strnlen(label, UL_MAX_LABEL + 1) > UL_MAX_LABEL)
-        return UVMLEASE_EBADTEXT;
-    if (a->timeout_ms < -1)
-        return UVMLEASE_EBADVALUE;
     now = s_clock(t, now);
-
-    lt_lease *old = s_lease_by_rid(t, o, a->rid);
-    lt_waiter *oldw = old ? NULL : s_waiter_by_rid(t, o, a->rid);
-    if (old || oldw) {
-        lt_uvm *ou = old ? old->uvm : oldw->uvm;
-        bool conf = old ? ou->confidential : oldw->confidential;
-        if (strcmp(ou->id, a->uvm) != 0 || conf != a->confidential)
-            return UVMLEASE_EDUPLICATE;
-        res->resent = true;
-        if (old) {
-            res->lease = old;
-        } else {
-            res->waiter = oldw;
-            res->position = s_position(oldw);
-        }
-        return 0;
-    }
+    if (s_acquire_known(t, o, a, res, &rc))
+        return rc;
 
     uint64_t h = s_siphash(t->key, a->uvm, len);
     lt_uvm *u = s_uvm_lookup(t, a->uvm, len, h);
@@ -1110,13 +1172,13 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         return UVMLEASE_EBUSY;
     }
 
-    /* Allocate everything first, so a failure changes nothing. */
+    /* Allocate everything first, so a failure changes nothing. A waiter is
+     * also needed when an immediate grant may fail to be recorded: the
+     * acquire then waits like any other. */
     uint64_t deadline = a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
     lt_lease *l = s_lease_alloc(t);
     lt_waiter *w = NULL;
     bool ok = l != NULL;
-    /* A waiter is also needed when an immediate grant may fail to be
-     * recorded: the acquire then waits like any other. */
     if (ok && (!now_ok || (excl && a->timeout_ms != 0 && t->cfg.persist))) {
         w = s_zalloc(t, sizeof *w);
         ok = w && (deadline == LT_NEVER || s_dl_reserve(t) == 0);
@@ -1136,52 +1198,18 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         u->class_set = true;
         u->confidential = a->confidential;
     }
-
-    if (now_ok) {
-        l->rid = a->rid;
-        s_copy(l->label, label, UL_MAX_LABEL);
-        l->user = a->user;
-        l->waited_ms = 0;
-        s_lease_fill(t, u, l, o, now);
-        if (s_persist(t, l)) {
-            s_lease_link(t, u, l, o);
-            s_emit(t, &(lt_event){.type = LT_EV_GRANTED, .uvm = u, .lease = l, .now = now});
-            s_free(t, w);
-            res->lease = l;
-            return 0;
-        }
-        if (!w) {
-            s_free(t, l);
-            s_uvm_settle(t, u);
-            t->stats.busy_refusals++;
-            return UVMLEASE_EJOURNAL;
-        }
+    if (now_ok && s_grant_now(t, u, l, o, a, now)) {
+        s_free(t, w);
+        res->lease = l;
+        return 0;
     }
-
-    w->rid = a->rid;
-    w->uvm = u;
-    w->owner = o;
-    w->confidential = a->confidential;
-    s_copy(w->label, label, UL_MAX_LABEL);
-    w->enqueued_at = now;
-    w->timeout_ms = a->timeout_ms;
-    w->deadline = deadline;
-    w->seq = ++t->seq;
-    w->user = a->user;
-    w->heap_idx = S_NONE;
-    w->spare = l;
-    ul_list_insert_tail(&u->waiters, &w->uvm_link);
-    ul_list_insert_tail(&o->waiters, &w->owner_link);
-    s_ht_insert(t, &t->waiter_rids, &w->rnode, s_hash_rid(t, o, w->rid));
-    if (deadline != LT_NEVER)
-        s_dl_push(t, w);
-    u->n_waiters++;
-    t->stats.waiters++;
-    s_ready_update(t, u);
-    s_emit(
-        t,
-        &(lt_event){
-            .type = LT_EV_QUEUED, .uvm = u, .waiter = w, .holder = s_first_holder(u), .now = now});
+    if (!w) { /* a try whose record could not be written */
+        s_free(t, l);
+        s_uvm_settle(t, u);
+        t->stats.busy_refusals++;
+        return UVMLEASE_EJOURNAL;
+    }
+    s_enqueue(t, u, w, l, o, a, deadline, now);
     res->waiter = w;
     res->position = u->n_waiters;
     return 0;
@@ -1196,7 +1224,7 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
     if (rc)
         return rc;
     const char *label = a->label ? a->label : "";
-    if (strnlen(label, UL_MAX_LABEL + 1) > UL_MAX_LABEL)
+    if (strnlen(label, LT_MAX_LABEL + 1) > LT_MAX_LABEL)
         return UVMLEASE_EBADTEXT;
     if (lt_lease_find(t, a->lease_id))
         return UVMLEASE_EDUPLICATE;
@@ -1217,7 +1245,7 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
     u->class_set = true;
     u->confidential = a->confidential;
     l->rid = a->rid;
-    s_copy(l->label, label, UL_MAX_LABEL);
+    s_copy(l->label, label, LT_MAX_LABEL);
     l->id = a->lease_id;
     l->fence = a->fence;
     if (t->lease_id < a->lease_id)
@@ -1316,17 +1344,17 @@ int lt_phase(lt_table *t, lt_owner *o, uint64_t lease_id, const char *phase, uin
         return rc;
     if (!phase)
         return UVMLEASE_EINVAL;
-    if (strnlen(phase, UL_MAX_PHASE + 1) > UL_MAX_PHASE)
+    if (strnlen(phase, LT_MAX_PHASE + 1) > LT_MAX_PHASE)
         return UVMLEASE_EBADTEXT;
     now = s_clock(t, now);
-    s_copy(l->phase, phase, UL_MAX_PHASE);
+    s_copy(l->phase, phase, LT_MAX_PHASE);
     l->phase_at = now;
-    if (l->n_phases >= UL_PHASES_MAX) {
-        memmove(&l->phases[0], &l->phases[1], (UL_PHASES_MAX - 1) * sizeof l->phases[0]);
-        l->n_phases = UL_PHASES_MAX - 1;
+    if (l->n_phases >= LT_PHASES_MAX) {
+        memmove(&l->phases[0], &l->phases[1], (LT_PHASES_MAX - 1) * sizeof l->phases[0]);
+        l->n_phases = LT_PHASES_MAX - 1;
     }
-    ul_phase_rec *r = &l->phases[l->n_phases++];
-    s_copy(r->phase, phase, UL_MAX_PHASE);
+    lt_phase_rec *r = &l->phases[l->n_phases++];
+    s_copy(r->phase, phase, LT_MAX_PHASE);
     r->at_ms = now;
     s_emit(t, &(lt_event){.type = LT_EV_PHASE, .uvm = l->uvm, .lease = l, .now = now});
     return 0;
@@ -1550,4 +1578,53 @@ lt_uvm *lt_uvm_next(lt_table *t, lt_uvm *u)
     if (!t || !u || u->all_link.next == &t->all_uvms)
         return NULL;
     return ul_container_of(u->all_link.next, lt_uvm, all_link);
+}
+
+/* ---- walks */
+
+#define S_NEXT(type, list, link, node)                                                             \
+    ((node)->link.next == (list) ? NULL : ul_container_of((node)->link.next, type, link))
+
+lt_lease *lt_uvm_holders(const lt_uvm *u)
+{
+    ul_list *n = u ? ul_list_first((ul_list *)&u->holders) : NULL;
+    return n ? ul_container_of(n, lt_lease, uvm_link) : NULL;
+}
+
+lt_lease *lt_uvm_holder_next(const lt_uvm *u, const lt_lease *l)
+{
+    return S_NEXT(lt_lease, &u->holders, uvm_link, l);
+}
+
+lt_waiter *lt_uvm_waiters(const lt_uvm *u)
+{
+    ul_list *n = u ? ul_list_first((ul_list *)&u->waiters) : NULL;
+    return n ? ul_container_of(n, lt_waiter, uvm_link) : NULL;
+}
+
+lt_waiter *lt_uvm_waiter_next(const lt_uvm *u, const lt_waiter *w)
+{
+    return S_NEXT(lt_waiter, &u->waiters, uvm_link, w);
+}
+
+lt_lease *lt_owner_leases(const lt_owner *o)
+{
+    ul_list *n = o ? ul_list_first((ul_list *)&o->leases) : NULL;
+    return n ? ul_container_of(n, lt_lease, owner_link) : NULL;
+}
+
+lt_lease *lt_owner_lease_next(const lt_owner *o, const lt_lease *l)
+{
+    return S_NEXT(lt_lease, &o->leases, owner_link, l);
+}
+
+lt_waiter *lt_owner_waiters(const lt_owner *o)
+{
+    ul_list *n = o ? ul_list_first((ul_list *)&o->waiters) : NULL;
+    return n ? ul_container_of(n, lt_waiter, owner_link) : NULL;
+}
+
+lt_waiter *lt_owner_waiter_next(const lt_owner *o, const lt_waiter *w)
+{
+    return S_NEXT(lt_waiter, &o->waiters, owner_link, w);
 }

@@ -28,7 +28,7 @@
  *
  * Errors common to every call returning a status: UVMLEASE_EINVAL for a NULL
  * table, owner or argument struct. Input the broker has already validated is
- * still bounds-checked (a UVM id of 0 or more than UL_MAX_UVM bytes:
+ * still bounds-checked (a UVM id of 0 or more than LT_MAX_UVM bytes:
  * EBADUVM; a label or phase too long: EBADTEXT), so a caller bug can never
  * overflow a field. Nothing is changed when a call returns an error.
  */
@@ -40,9 +40,22 @@
 #include <stdint.h>
 
 #include "ul_list.h"
-#include "ul_proto.h"
 
 #define LT_NEVER UINT64_MAX
+
+/* Sizes of the table's text fields (bytes, without the NUL). The wire
+ * protocol's limits are the same numbers; the broker checks they agree. */
+#define LT_MAX_UVM    256
+#define LT_MAX_LABEL  256
+#define LT_MAX_PHASE  64
+#define LT_MAX_COMM   16
+#define LT_PHASES_MAX 8 /* phase history kept per lease, newest last */
+
+/* One reported phase and when (monotonic ms). */
+typedef struct lt_phase_rec {
+    char phase[LT_MAX_PHASE + 1]; /* "" when the holder cleared its phase */
+    uint64_t at_ms;
+} lt_phase_rec;
 
 /* Intrusive hash-chain node (private to lease_table.c). */
 typedef struct lt_hnode {
@@ -138,7 +151,7 @@ typedef struct lt_ident {
     uint32_t pid;
     uint32_t uid;
     uint64_t start_time; /* /proc/<pid>/stat field 22: guards against pid reuse */
-    char comm[UL_MAX_COMM + 1];
+    char comm[LT_MAX_COMM + 1];
 } lt_ident;
 
 struct lt_owner {
@@ -163,14 +176,14 @@ struct lt_lease {
     uint32_t pid;    /* the owner's pid; kept after the owner exits */
     bool exclusive;
     bool overdue;
-    char label[UL_MAX_LABEL + 1];
-    char phase[UL_MAX_PHASE + 1];
-    uint64_t granted_at;                /* monotonic ms */
-    uint64_t phase_at;                  /* monotonic ms */
-    uint64_t waited_ms;                 /* time spent queued before the grant */
-    uint32_t n_phases;                  /* history, oldest first; newest kept when full */
-    ul_phase_rec phases[UL_PHASES_MAX]; /* at_ms holds monotonic ms here */
-    void *user;                         /* broker's per-lease data */
+    char label[LT_MAX_LABEL + 1];
+    char phase[LT_MAX_PHASE + 1];
+    uint64_t granted_at; /* monotonic ms */
+    uint64_t phase_at;   /* monotonic ms */
+    uint64_t waited_ms;  /* time spent queued before the grant */
+    uint32_t n_phases;   /* history, oldest first; newest kept when full */
+    lt_phase_rec phases[LT_PHASES_MAX];
+    void *user; /* broker's per-lease data */
     /* private */
     ul_list uvm_link;
     ul_list owner_link;
@@ -185,7 +198,7 @@ struct lt_waiter {
     lt_uvm *uvm;
     lt_owner *owner;
     bool confidential;
-    char label[UL_MAX_LABEL + 1];
+    char label[LT_MAX_LABEL + 1];
     uint64_t enqueued_at; /* monotonic ms */
     int64_t timeout_ms;   /* as requested: -1 forever */
     uint64_t deadline;    /* LT_NEVER for forever */
@@ -207,7 +220,7 @@ typedef struct lt_last_release {
 } lt_last_release;
 
 struct lt_uvm {
-    char id[UL_MAX_UVM + 1];
+    char id[LT_MAX_UVM + 1];
     bool class_set;
     bool confidential;
     bool draining;
@@ -387,6 +400,18 @@ uint64_t lt_tick(lt_table *t, uint64_t now);
 void lt_suspend(lt_table *t);
 void lt_resume(lt_table *t, uint64_t now);
 bool lt_suspended(const lt_table *t);
+
+/* Walk a UVM's holders (grant order) and waiters (FIFO), and an owner's
+ * leases and waiters, without touching the table's lists. next of the
+ * last is NULL. The table must not change during a walk. */
+lt_lease *lt_uvm_holders(const lt_uvm *u);
+lt_lease *lt_uvm_holder_next(const lt_uvm *u, const lt_lease *l);
+lt_waiter *lt_uvm_waiters(const lt_uvm *u);
+lt_waiter *lt_uvm_waiter_next(const lt_uvm *u, const lt_waiter *w);
+lt_lease *lt_owner_leases(const lt_owner *o);
+lt_lease *lt_owner_lease_next(const lt_owner *o, const lt_lease *l);
+lt_waiter *lt_owner_waiters(const lt_owner *o);
+lt_waiter *lt_owner_waiter_next(const lt_owner *o, const lt_waiter *w);
 
 /* Iterate UVM entries in creation order. */
 lt_uvm *lt_uvm_first(lt_table *t);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "accept_guard.h"
+#include "ul_proto.h"
 #include "config.h"
 #include "notify.h"
 #include "uvmlease_broker.h"

@@ -10,37 +10,19 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "broker_internal.h"
+#include "ops.h"
+#include "persist.h"
+#include "procs.h"
+#include "send.h"
 #include "conn.h"
 #include "ul_sys.h"
-
-static void s_reply_init(ul_reply *rep, const ul_request *req)
-{
-    memset(rep, 0, sizeof *rep);
-    rep->kind = UL_MSG_REPLY;
-    if (req) {
-        rep->rid = req->rid;
-        rep->op = req->op;
-    }
-}
-
-void ul_broker_reply_error(uvmlease_broker *b, const ul_peer *peer, const ul_request *req, int code,
-                           const char *detail)
-{
-    ul_reply rep;
-    s_reply_init(&rep, req);
-    rep.err = (uint32_t)code;
-    if (detail)
-        snprintf(rep.detail, sizeof rep.detail, "%s", detail);
-    ul_broker_send(b, peer->route, &rep);
-}
 
 /* Success; released: the lease a cancel released (0: none). */
 static void s_reply_ok(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
                        uint64_t released)
 {
     ul_reply rep;
-    s_reply_init(&rep, req);
+    ul_reply_init(&rep, req);
     rep.lease = released;
     ul_broker_send(b, peer->route, &rep);
 }
@@ -59,7 +41,7 @@ static void s_reply_granted(uvmlease_broker *b, const ul_peer *peer, const ul_re
                             const lt_lease *l)
 {
     ul_reply rep;
-    s_reply_init(&rep, req);
+    ul_reply_init(&rep, req);
     rep.lease = l->id;
     rep.fence = l->fence;
     snprintf(rep.uvm, sizeof rep.uvm, "%s", l->uvm->id);
@@ -73,7 +55,7 @@ static void s_reply_queued(uvmlease_broker *b, const ul_peer *peer, const ul_req
                            uint32_t position)
 {
     ul_reply rep;
-    s_reply_init(&rep, req);
+    ul_reply_init(&rep, req);
     rep.queued = true;
     rep.position = position;
     snprintf(rep.uvm, sizeof rep.uvm, "%s", req->uvm);
@@ -146,7 +128,7 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     }
     free(route);
     ul_reply rep;
-    s_reply_init(&rep, req);
+    ul_reply_init(&rep, req);
     rep.err = (uint32_t)(rc ? rc : UVMLEASE_EINTERNAL);
     snprintf(rep.uvm, sizeof rep.uvm, "%s", req->uvm);
     if (rc == UVMLEASE_EBUSY && res.holder) {
@@ -254,47 +236,33 @@ static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_requ
 static void s_hello(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
     ul_reply rep;
-    s_reply_init(&rep, req);
+    ul_reply_init(&rep, req);
     rep.broker_pid = (uint32_t)getpid();
     snprintf(rep.server, sizeof rep.server, "uvmleased/%s", UL_VERSION);
     snprintf(rep.journal, sizeof rep.journal, "%s", ul_persist_healthy(b) ? "ok" : "failing");
     ul_broker_send(b, peer->route, &rep);
 }
 
-void ul_broker_handle(uvmlease_broker *b, const ul_peer *peer, const void *data, size_t len)
+void ul_ops_handle(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
-    ul_request req;
-    int rc = ul_request_decode(data, len, &req);
-    if (rc) {
-        char detail[UL_MAX_DETAIL + 1];
-        if (rc == UVMLEASE_EVERSION)
-            /* PROTOCOL.md section 4: the versions supported, in a form a
-             * client of any version can show. */
-            snprintf(detail, sizeof detail, "supported: %d", UL_PROTO_VERSION);
-        else
-            snprintf(detail, sizeof detail, "%s", ul_status_message(rc));
-        ul_broker_reply_error(b, peer, &req, rc, detail);
-        ul_broker_log_reject(b, peer->pid, rc, "decode");
-        return;
-    }
-    switch (req.op) {
+    switch (req->op) {
     case UL_OP_HELLO:
     case UL_OP_PING:
-        s_hello(b, peer, &req);
+        s_hello(b, peer, req);
         break;
     case UL_OP_ACQUIRE:
-        s_acquire(b, peer, &req);
+        s_acquire(b, peer, req);
         break;
     case UL_OP_CANCEL:
     case UL_OP_RELEASE:
     case UL_OP_PHASE:
-        s_owned_op(b, peer, &req);
+        s_owned_op(b, peer, req);
         break;
     case UL_OP_WATCH_CHILD:
-        s_watch_child(b, peer, &req);
+        s_watch_child(b, peer, req);
         break;
     default:
-        ul_broker_admin(b, peer, &req);
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOTIMPL, NULL);
         break;
     }
 }

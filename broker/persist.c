@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "broker_internal.h"
+#include "procs.h"
 #include "ul_sys.h"
 
 #define S_RETRY_MS 250   /* a failing journal is tried again this often */

@@ -14,6 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "ul_sys.h"
 #include "uvmlease_errors.h"
 
 #define S_ERR(...)                                                                                 \
@@ -217,21 +218,9 @@ static pid_t s_lock_owner(int fd)
     return v > 0 ? (pid_t)v : 0;
 }
 
-int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const char *group,
-                    pid_t *other_pid, char *err, size_t errsz)
+/* Resolve the directory, socket, endpoint and lock paths. */
+static int s_paths(ul_runtime *rt, const char *dir, const char *endpoint, char *err, size_t errsz)
 {
-    memset(rt, 0, sizeof *rt);
-    rt->lock_fd = -1;
-    if (other_pid)
-        *other_pid = 0;
-    if (group) {
-        if (ul_resolve_group(group, &rt->group) < 0) {
-            S_ERR("unknown group '%s'", group);
-            errno = EINVAL;
-            return UVMLEASE_ESYSTEM;
-        }
-        rt->have_group = true;
-    }
     if (dir && *dir) {
         snprintf(rt->dir, sizeof rt->dir, "%s", dir);
     } else if (ul_runtime_default_dir(rt->dir, sizeof rt->dir) < 0) {
@@ -264,41 +253,38 @@ int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const
         errno = ENAMETOOLONG;
         return UVMLEASE_ESYSTEM;
     }
+    return 0;
+}
 
-    int rc = s_prepare_dir(rt, rt->dir, err, errsz);
-    if (rc == 0 && endpoint && *endpoint)
-        rc = s_check_socket_dir(rt->sock_path, err, errsz);
-    if (rc)
-        return rc;
-
+/* Open the lock file (the broker's own) and take the single-instance lock:
+ * an OFD lock belongs to this open file description, so it conflicts even
+ * with a second broker embedded in the same process. */
+static int s_take_lock(ul_runtime *rt, pid_t *other_pid, char *err, size_t errsz)
+{
     int fd = open(rt->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
         S_ERR("cannot open lock %s: %s", rt->lock_path,
               errno == ELOOP ? "it is a symbolic link" : strerror(errno));
         return UVMLEASE_ESYSTEM;
     }
-    rc = s_check_own_file(fd, rt->lock_path, err, errsz);
-    if (rc) {
-        close(fd);
-        return rc;
-    }
-    /* An OFD lock belongs to this open file description: it conflicts even
-     * with a second broker embedded in the same process. */
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
-    if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+    int rc = s_check_own_file(fd, rt->lock_path, err, errsz);
+    if (rc == 0 && ul_file_lock(fd) < 0) {
         int e = errno;
+        rc = UVMLEASE_ESYSTEM;
         if (e == EAGAIN || e == EACCES) {
             pid_t p = s_lock_owner(fd);
             if (other_pid)
                 *other_pid = p;
             S_ERR("another broker (pid %d) is serving %s", (int)p, rt->endpoint);
-            close(fd);
-            return UVMLEASE_EBUSY;
+            rc = UVMLEASE_EBUSY;
+        } else {
+            S_ERR("cannot lock %s: %s", rt->lock_path, strerror(e));
         }
-        S_ERR("cannot lock %s: %s", rt->lock_path, strerror(e));
-        close(fd);
         errno = e;
-        return UVMLEASE_ESYSTEM;
+    }
+    if (rc) {
+        close(fd);
+        return rc;
     }
     char pidbuf[32];
     int n = snprintf(pidbuf, sizeof pidbuf, "%d\n", (int)getpid());
@@ -306,6 +292,33 @@ int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const
         /* Only the diagnostic of a second instance suffers. */
     }
     rt->lock_fd = fd;
+    return 0;
+}
+
+int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const char *group,
+                    pid_t *other_pid, char *err, size_t errsz)
+{
+    memset(rt, 0, sizeof *rt);
+    rt->lock_fd = -1;
+    if (other_pid)
+        *other_pid = 0;
+    if (group) {
+        if (ul_resolve_group(group, &rt->group) < 0) {
+            S_ERR("unknown group '%s'", group);
+            errno = EINVAL;
+            return UVMLEASE_ESYSTEM;
+        }
+        rt->have_group = true;
+    }
+    int rc = s_paths(rt, dir, endpoint, err, errsz);
+    if (rc == 0)
+        rc = s_prepare_dir(rt, rt->dir, err, errsz);
+    if (rc == 0 && endpoint && *endpoint)
+        rc = s_check_socket_dir(rt->sock_path, err, errsz);
+    if (rc == 0)
+        rc = s_take_lock(rt, other_pid, err, errsz);
+    if (rc)
+        return rc;
     rc = s_claim_socket(rt, other_pid, err, errsz);
     if (rc) {
         close(rt->lock_fd);

@@ -32,10 +32,9 @@ int ul_resolve_group(const char *name, gid_t *out);
  * an existing one must be the broker's and not writable by group or
  * others), take the single-instance lock in it, then check the socket path:
  * a live broker answering there is EBUSY, anything but a dead socket of the
- * broker's uid is refused, a dead socket is removed. On a held lock returns UVMLEASE_EBUSY with the holder's pid
- * in *other_pid (0 if unknown). Other errors: UVMLEASE_EBADENDPOINT,
- * UVMLEASE_ESYSTEM (errno set). err gets a one-line reason.
- * rt->lock_fd is -1 on failure.
+ * broker's uid is refused, a dead socket is removed. On a held lock returns UVMLEASE_EBUSY with the
+ * holder's pid in *other_pid (0 if unknown). Other errors: UVMLEASE_EBADENDPOINT, UVMLEASE_ESYSTEM
+ * (errno set). err gets a one-line reason. rt->lock_fd is -1 on failure.
  */
 int ul_runtime_open(ul_runtime *rt, const char *dir, const char *endpoint, const char *group,
                     pid_t *other_pid, char *err, size_t errsz);

@@ -75,108 +75,53 @@ struct elem_info {
     uint32_t inline_n; /* fixstr length, fixarray / fixmap count */
 };
 
+/* Header bytes 0xc0-0xdf, in order. */
+static const struct elem_info s_c0_df[32] = {
+    {EC_FIXED, 0, 0, 0},     /* c0 nil */
+    {EC_MALFORMED, 0, 0, 0}, /* c1 never used */
+    {EC_FIXED, 0, 0, 0},     /* c2 false */
+    {EC_FIXED, 0, 0, 0},     /* c3 true */
+    {EC_STR, 0, 1, 0},       /* c4 bin8 */
+    {EC_STR, 0, 2, 0},       /* c5 bin16 */
+    {EC_STR, 0, 4, 0},       /* c6 bin32 */
+    {EC_EXT, 0, 1, 0},       /* c7 ext8 */
+    {EC_EXT, 0, 2, 0},       /* c8 ext16 */
+    {EC_EXT, 0, 4, 0},       /* c9 ext32 */
+    {EC_FIXED, 4, 0, 0},     /* ca float32 */
+    {EC_FIXED, 8, 0, 0},     /* cb float64 */
+    {EC_FIXED, 1, 0, 0},     /* cc uint8 */
+    {EC_FIXED, 2, 0, 0},     /* cd uint16 */
+    {EC_FIXED, 4, 0, 0},     /* ce uint32 */
+    {EC_FIXED, 8, 0, 0},     /* cf uint64 */
+    {EC_FIXED, 1, 0, 0},     /* d0 int8 */
+    {EC_FIXED, 2, 0, 0},     /* d1 int16 */
+    {EC_FIXED, 4, 0, 0},     /* d2 int32 */
+    {EC_FIXED, 8, 0, 0},     /* d3 int64 */
+    {EC_FIXEXT, 1, 0, 0},    /* d4 fixext1 */
+    {EC_FIXEXT, 2, 0, 0},    /* d5 fixext2 */
+    {EC_FIXEXT, 4, 0, 0},    /* d6 fixext4 */
+    {EC_FIXEXT, 8, 0, 0},    /* d7 fixext8 */
+    {EC_FIXEXT, 16, 0, 0},   /* d8 fixext16 */
+    {EC_STR, 0, 1, 0},       /* d9 str8 */
+    {EC_STR, 0, 2, 0},       /* da str16 */
+    {EC_STR, 0, 4, 0},       /* db str32 */
+    {EC_ARRAY, 0, 2, 0},     /* dc array16 */
+    {EC_ARRAY, 0, 4, 0},     /* dd array32 */
+    {EC_MAP, 0, 2, 0},       /* de map16 */
+    {EC_MAP, 0, 4, 0},       /* df map32 */
+};
+
 static struct elem_info classify(uint8_t b)
 {
     struct elem_info e = {EC_FIXED, 0, 0, 0};
     if (b <= 0x7f || b >= 0xe0)
         return e; /* positive / negative fixint */
-    if (b <= 0x8f) {
-        e.cls = EC_MAP;
-        e.inline_n = b & 0x0fu;
-        return e;
-    }
-    if (b <= 0x9f) {
-        e.cls = EC_ARRAY;
-        e.inline_n = b & 0x0fu;
-        return e;
-    }
-    if (b <= 0xbf) {
-        e.cls = EC_STR;
-        e.inline_n = b & 0x1fu;
-        return e;
-    }
-    switch (b) {
-    case 0xc0: /* nil */
-    case 0xc2: /* false */
-    case 0xc3: /* true */
-        return e;
-    case 0xc1:
-        e.cls = EC_MALFORMED;
-        return e;
-    case 0xc4: /* bin8 */
-    case 0xd9: /* str8 */
-        e.cls = EC_STR;
-        e.lenbytes = 1;
-        return e;
-    case 0xc5: /* bin16 */
-    case 0xda: /* str16 */
-        e.cls = EC_STR;
-        e.lenbytes = 2;
-        return e;
-    case 0xc6: /* bin32 */
-    case 0xdb: /* str32 */
-        e.cls = EC_STR;
-        e.lenbytes = 4;
-        return e;
-    case 0xc7:
-        e.cls = EC_EXT;
-        e.lenbytes = 1;
-        return e;
-    case 0xc8:
-        e.cls = EC_EXT;
-        e.lenbytes = 2;
-        return e;
-    case 0xc9:
-        e.cls = EC_EXT;
-        e.lenbytes = 4;
-        return e;
-    case 0xca: /* float32 */
-        e.fixed = 4;
-        return e;
-    case 0xcb: /* float64 */
-        e.fixed = 8;
-        return e;
-    case 0xcc: /* uint8 */
-    case 0xd0: /* int8 */
-        e.fixed = 1;
-        return e;
-    case 0xcd:
-    case 0xd1:
-        e.fixed = 2;
-        return e;
-    case 0xce:
-    case 0xd2:
-        e.fixed = 4;
-        return e;
-    case 0xcf:
-    case 0xd3:
-        e.fixed = 8;
-        return e;
-    case 0xd4:
-    case 0xd5:
-    case 0xd6:
-    case 0xd7:
-    case 0xd8:
-        e.cls = EC_FIXEXT;
-        e.fixed = 1u << (b - 0xd4); /* 1, 2, 4, 8, 16 */
-        return e;
-    case 0xdc: /* array16 */
-        e.cls = EC_ARRAY;
-        e.lenbytes = 2;
-        return e;
-    case 0xdd: /* array32 */
-        e.cls = EC_ARRAY;
-        e.lenbytes = 4;
-        return e;
-    case 0xde: /* map16 */
-        e.cls = EC_MAP;
-        e.lenbytes = 2;
-        return e;
-    default: /* 0xdf map32: every other byte value is handled above */
-        e.cls = EC_MAP;
-        e.lenbytes = 4;
-        return e;
-    }
+    if (b >= 0xc0)
+        return s_c0_df[b - 0xc0];
+    /* fixmap 0x80-0x8f, fixarray 0x90-0x9f, fixstr 0xa0-0xbf */
+    e.cls = b <= 0x8f ? EC_MAP : b <= 0x9f ? EC_ARRAY : EC_STR;
+    e.inline_n = b <= 0x9f ? b & 0x0fu : b & 0x1fu;
+    return e;
 }
 
 int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)

@@ -1,6 +1,14 @@
 /*
- * ul_sys.h — small system helpers shared by broker and client: clocks and
- * facts about processes read from /proc.
+ * ul_sys.h — the platform seam: every operating-system facility the broker
+ * and the client use beyond ISO C, POSIX files and ZeroMQ. Clocks, process
+ * handles (a pidfd on Linux: readable once the process has exited) and
+ * facts about processes, peer credentials of a local socket, wake-up
+ * events, a set of handles waited on together, an exclusive file lock, and
+ * random numbers. One implementation file per operating system:
+ * ul_sys_linux.c today; a Windows port provides ul_sys_win32.c (see
+ * deploy/windows/README.md for what each function maps to there). Nothing
+ * else in the tree includes <sys/pidfd.h>, <sys/epoll.h> or
+ * <sys/eventfd.h>, or reads /proc.
  */
 #ifndef UL_SYS_H
 #define UL_SYS_H
@@ -58,5 +66,25 @@ long ul_fd_count(void);
 
 /* 64 random bits from getrandom(2), never 0. */
 uint64_t ul_random64(void);
+
+/* A wake-up event another thread can signal (an eventfd): readable while
+ * signalled. -1 and errno on failure. */
+int ul_wakeup_new(void);
+void ul_wakeup_signal(int fd);
+/* Clear it (non-blocking). */
+void ul_wakeup_clear(int fd);
+
+/* A set of handles waited on together (an epoll instance), each with a
+ * pointer handed back when it is ready. -1 and errno on failure. */
+int ul_waitset_new(void);
+int ul_waitset_add(int ws, int fd, void *ptr);
+void ul_waitset_del(int ws, int fd);
+/* Without blocking: the pointers of up to max ready handles; how many. */
+int ul_waitset_ready(int ws, void **out, int max);
+
+/* Take an exclusive lock on an open file, owned by this open file
+ * description (an OFD lock: it conflicts even within one process). 0, or
+ * -1 with errno (EAGAIN or EACCES: someone holds it). */
+int ul_file_lock(int fd);
 
 #endif

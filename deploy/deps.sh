@@ -8,11 +8,13 @@ pkgs=(ca-certificates build-essential cmake pkg-config
 if [ "${1:-}" = "--test" ]; then
   # Criterion for the tests, clang + compiler-rt for the sanitizer build and
   # libFuzzer, promtool to check the Prometheus output, util-linux for
-  # setpriv (tests run commands as nobody); systemd for systemd-analyze and
-  # systemd-sysusers, man-db to render the man pages, dpkg-dev for the
-  # .deb's dependencies (dpkg-shlibdeps), file for CPack, bash for the
-  # completion test.
+  # setpriv (tests run commands as nobody); Go and Debian's msgpack for Go
+  # for the Go client (client/go, built offline from these packages);
+  # systemd for systemd-analyze and systemd-sysusers, man-db to render the
+  # man pages, dpkg-dev for the .deb's dependencies (dpkg-shlibdeps), file
+  # for CPack, bash for the completion test.
   pkgs+=(libcriterion-dev clang libclang-rt-14-dev prometheus util-linux procps
+         golang-go golang-github-vmihailenco-msgpack.v5-dev
          systemd man-db dpkg-dev file bash)
 fi
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what is missing, build, and run the whole test suite:
-#   1. a normal build (gcc, warnings as errors) and every CTest test;
+#   1. a normal build (gcc, warnings as errors) and every CTest test, then
+#      the Go client's vet, Windows build and race-enabled tests against
+#      the uvmleased and uvmleasectl of that build;
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build (clang) with the
 #      same tests plus the bounded libFuzzer run of the decoder.
 # Memory-measuring tests skip themselves in the sanitizer build.
@@ -19,6 +21,19 @@ cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DUL_WERROR=ON >/d
 cmake --build "$build" -j "$jobs"
 echo "== tests (normal build)"
 (cd "$build" && ctest --output-on-failure -j "$jobs")
+
+echo "== Go client (client/go: go vet, GOOS=windows build, go test -race)"
+if command -v go >/dev/null 2>&1; then
+  # Offline: vendor/ is assembled from Debian's Go source packages.
+  (cd client/go && ./mkvendor.sh &&
+   export GOFLAGS=-mod=vendor GOPROXY=off GOTOOLCHAIN=local &&
+   go vet ./... &&
+   GOOS=windows go build ./... &&
+   UVMLEASED="$build/uvmleased" UVMLEASECTL="$build/client/uvmleasectl" \
+   UL_GO_REQUIRE_BROKER=1 go test -race -count=1 -timeout 300s ./...)
+else
+  echo "   skipped: golang-go is not installed"
+fi
 
 if [ "${UL_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== sanitizer build ($san)"

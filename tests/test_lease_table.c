@@ -21,7 +21,7 @@ TestSuite(lease_table, .timeout = 60);
 
 typedef struct rec {
     lt_event_type type;
-    char uvm[UL_MAX_UVM + 1];
+    char uvm[LT_MAX_UVM + 1];
     uint64_t lease; /* lease id (GRANTED, RELEASED, OVERDUE, PHASE) */
     uint64_t fence;
     uint64_t rid; /* lease's or waiter's rid */
@@ -34,8 +34,8 @@ typedef struct rec {
     uint64_t now;
     uint64_t waited_ms;
     void *user;
-    char label[UL_MAX_LABEL + 1];
-    char phase[UL_MAX_PHASE + 1];
+    char label[LT_MAX_LABEL + 1];
+    char phase[LT_MAX_PHASE + 1];
 } rec;
 
 static struct {
@@ -1299,25 +1299,25 @@ Test(lease_table, phases_history)
     cr_assert_eq(ev(LT_EV_PHASE, 0)->lease, l->id);
     cr_assert_str_eq(ev(LT_EV_PHASE, 0)->phase, "cim-mount");
     char name[32];
-    for (int i = 0; i < UL_PHASES_MAX + 4; i++) {
+    for (int i = 0; i < LT_PHASES_MAX + 4; i++) {
         snprintf(name, sizeof name, "p%d", i);
         cr_assert_eq(lt_phase(t, a, l->id, name, 20 + (uint64_t)i), 0);
     }
-    cr_assert_eq(l->n_phases, UL_PHASES_MAX);
+    cr_assert_eq(l->n_phases, LT_PHASES_MAX);
     /* oldest dropped: cim-mount, p0..p3 are gone */
     cr_assert_str_eq(l->phases[0].phase, "p4");
     cr_assert_eq(l->phases[0].at_ms, 24);
-    snprintf(name, sizeof name, "p%d", UL_PHASES_MAX + 3);
-    cr_assert_str_eq(l->phases[UL_PHASES_MAX - 1].phase, name);
+    snprintf(name, sizeof name, "p%d", LT_PHASES_MAX + 3);
+    cr_assert_str_eq(l->phases[LT_PHASES_MAX - 1].phase, name);
     cr_assert_str_eq(l->phase, name);
-    cr_assert_eq(n_ev(LT_EV_PHASE), UL_PHASES_MAX + 5);
-    char longp[UL_MAX_PHASE + 2];
+    cr_assert_eq(n_ev(LT_EV_PHASE), LT_PHASES_MAX + 5);
+    char longp[LT_MAX_PHASE + 2];
     memset(longp, 'x', sizeof longp - 1);
     longp[sizeof longp - 1] = '\0';
     cr_assert_eq(lt_phase(t, a, l->id, longp, 100), UVMLEASE_EBADTEXT);
-    longp[UL_MAX_PHASE] = '\0';
+    longp[LT_MAX_PHASE] = '\0';
     cr_assert_eq(lt_phase(t, a, l->id, longp, 100), 0);
-    cr_assert_eq(strlen(l->phase), UL_MAX_PHASE);
+    cr_assert_eq(strlen(l->phase), LT_MAX_PHASE);
     cr_assert_eq(lt_phase(t, a, l->id, NULL, 100), UVMLEASE_EINVAL);
     lt_free(&t);
 }
@@ -1393,7 +1393,7 @@ Test(lease_table, rejects_bad_arguments)
     lt_table *t = mk((lt_config){0});
     lt_owner *a = own(t, 10);
     lt_acquire_result r;
-    char big[UL_MAX_UVM + 2];
+    char big[LT_MAX_UVM + 2];
     memset(big, 'u', sizeof big - 1);
     big[sizeof big - 1] = '\0';
     cr_assert_eq(acq(t, a, "", true, 1, 0, 0, &r), UVMLEASE_EBADUVM);
@@ -1403,15 +1403,15 @@ Test(lease_table, rejects_bad_arguments)
     cr_assert_eq(lt_acquire(t, a, NULL, 0, &r), UVMLEASE_EINVAL);
     cr_assert_eq(lt_acquire(NULL, a, &(lt_acquire_args){.uvm = U1}, 0, &r), UVMLEASE_EINVAL);
     cr_assert_eq(lt_acquire(t, a, &(lt_acquire_args){.uvm = NULL}, 0, &r), UVMLEASE_EINVAL);
-    char lbl[UL_MAX_LABEL + 2];
+    char lbl[LT_MAX_LABEL + 2];
     memset(lbl, 'l', sizeof lbl - 1);
     lbl[sizeof lbl - 1] = '\0';
     cr_assert_eq(lt_acquire(t, a, &(lt_acquire_args){.uvm = U1, .label = lbl}, 0, &r),
                  UVMLEASE_EBADTEXT);
-    lbl[UL_MAX_LABEL] = '\0';
+    lbl[LT_MAX_LABEL] = '\0';
     cr_assert_eq(lt_acquire(t, a, &(lt_acquire_args){.uvm = U1, .label = lbl, .rid = 1}, 0, &r), 0);
-    cr_assert_eq(strlen(r.lease->label), UL_MAX_LABEL);
-    big[UL_MAX_UVM] = '\0'; /* exactly the maximum is fine */
+    cr_assert_eq(strlen(r.lease->label), LT_MAX_LABEL);
+    big[LT_MAX_UVM] = '\0'; /* exactly the maximum is fine */
     cr_assert_eq(acq(t, a, big, true, 2, 0, 0, &r), 0);
     cr_assert_eq(lt_drain(t, "", 0), UVMLEASE_EBADUVM);
     cr_assert_eq(lt_undrain(t, NULL, 0), UVMLEASE_EINVAL);
@@ -1724,7 +1724,7 @@ Test(lease_table, one_million_uvms, .timeout = 240)
         o[i] = own(t, 1000 + i);
     uint64_t *ids = malloc(BIG_N * sizeof *ids);
     cr_assert_not_null(ids);
-    char id[UL_MAX_UVM + 1];
+    char id[LT_MAX_UVM + 1];
     for (uint32_t i = 0; i < BIG_N; i++) {
         big_id(id, sizeof id, i);
         lt_acquire_result r;

@@ -15,6 +15,7 @@
 #include <zmq.h>
 
 #include "broker_internal.h"
+#include "send.h"
 #include "testutil.h"
 #include "uvmlease_broker.h"
 

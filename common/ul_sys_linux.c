@@ -11,6 +11,8 @@
 #include <dirent.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -280,4 +282,58 @@ uint64_t ul_random64(void)
             v = ul_now_ns() ^ ((uint64_t)getpid() << 32);
     }
     return v;
+}
+
+/* ---- wake-ups, wait sets, locks ------------------------------------------ */
+
+int ul_wakeup_new(void)
+{
+    return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+void ul_wakeup_signal(int fd)
+{
+    uint64_t one = 1;
+    if (write(fd, &one, sizeof one) < 0) {
+        /* Only fails when the counter would overflow: it is signalled. */
+    }
+}
+
+void ul_wakeup_clear(int fd)
+{
+    uint64_t v;
+    if (read(fd, &v, sizeof v) < 0) {
+        /* EAGAIN: it was not signalled. */
+    }
+}
+
+int ul_waitset_new(void)
+{
+    return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int ul_waitset_add(int ws, int fd, void *ptr)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = ptr};
+    return epoll_ctl(ws, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void ul_waitset_del(int ws, int fd)
+{
+    epoll_ctl(ws, EPOLL_CTL_DEL, fd, NULL);
+}
+
+int ul_waitset_ready(int ws, void **out, int max)
+{
+    struct epoll_event evs[64];
+    int n = epoll_wait(ws, evs, max < 64 ? max : 64, 0);
+    for (int i = 0; i < n; i++)
+        out[i] = evs[i].data.ptr;
+    return n < 0 ? 0 : n;
+}
+
+int ul_file_lock(int fd)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+    return fcntl(fd, F_OFD_SETLK, &fl);
 }

@@ -19,6 +19,7 @@
 
 #include "admin.h"
 #include "events.h"
+#include "heartbeat.h"
 #include "kills.h"
 #include "ops.h"
 #include "persist.h"
@@ -182,11 +183,14 @@ static void *s_run(void *arg)
         uint64_t next = lt_tick(b->table, now);
         uint64_t next2 = ul_kills_tick(b, now);
         uint64_t next3 = ul_persist_tick(b, now);
+        uint64_t next4 = ul_heartbeat_tick(b, now);
         ul_broker_proc_check_idle(b);
         if (next2 < next)
             next = next2;
         if (next3 < next)
             next = next3;
+        if (next4 < next)
+            next = next4;
         long timeout = -1;
         if (next != LT_NEVER)
             timeout = next > now ? (long)(next - now) : 0;

@@ -116,6 +116,7 @@ struct uvmlease_broker {
     struct ul_watch *watch; /* watch.c */
     struct ul_kills *kills; /* kills.c */
     struct ul_conns *conns;
+    uint64_t heartbeat_at; /* next cfg.heartbeat call */
 };
 
 #endif

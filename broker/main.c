@@ -10,12 +10,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#ifdef UL_HAVE_SYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
-
 #include "accept_guard.h"
 #include "ul_proto.h"
+#include "config.h"
+#include "notify.h"
 #include "uvmlease_broker.h"
 
 static void s_usage(FILE *f)
@@ -41,6 +39,10 @@ static void s_usage(FILE *f)
                "  --force-journal       start although the journal is damaged in a way\n"
                "                        that could hide a live lease (check holders first)\n"
                "  --log-level LEVEL     debug | info (default) | warn | error\n"
+               "  --config FILE         settings file, one key per flag (default\n"
+               "                        " UL_CONFIG_FILE ", if present);\n"
+               "                        flags override it\n"
+               "  --check-config        validate the settings, print them, and exit\n"
                "  --help, --version\n");
 }
 
@@ -63,19 +65,6 @@ static void s_raise_nofile(void)
     }
 }
 
-static int s_parse_u64(const char *s, uint64_t max, uint64_t *out)
-{
-    if (!*s || *s == '-' || *s == '+')
-        return -1;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     enum {
@@ -91,6 +80,8 @@ int main(int argc, char **argv)
         O_LOGLEVEL,
         O_MAXLEASES,
         O_FORCEJ,
+        O_CONFIG,
+        O_CHECK,
         O_HELP,
         O_VERSION
     };
@@ -107,6 +98,8 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, O_LOGLEVEL},
         {"max-leases", required_argument, NULL, O_MAXLEASES},
         {"force-journal", no_argument, NULL, O_FORCEJ},
+        {"config", required_argument, NULL, O_CONFIG},
+        {"check-config", no_argument, NULL, O_CHECK},
         {"help", no_argument, NULL, O_HELP},
         {"version", no_argument, NULL, O_VERSION},
         {NULL, 0, NULL, 0},
@@ -115,64 +108,51 @@ int main(int argc, char **argv)
     uvmlease_broker_config_init(&cfg);
     opterr = 0;
     int c;
-    uint64_t v;
+    /* First the file (--config, else the default if present), then every
+     * other flag over it. */
+    const char *conf = NULL;
+    bool check = false, info = false;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == O_CONFIG)
+            conf = optarg;
+        else if (c == O_CHECK)
+            check = true;
+        else if (c == O_HELP || c == O_VERSION)
+            info = true;
+    }
+    char err[512];
+    int lrc = info ? 1 : ul_config_load(&cfg, conf ? conf : UL_CONFIG_FILE, conf != NULL, err,
+                                        sizeof err);
+    if (lrc < 0) {
+        fprintf(stderr, "uvmleased: %s\n", err);
+        return 2;
+    }
+    optind = 0; /* glibc: start the scan afresh */
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        char why[128];
         switch (c) {
-        case O_RUNTIME:
-            cfg.runtime_dir = optarg;
-            break;
-        case O_ENDPOINT:
-            if (strncmp(optarg, "ipc://", 6) != 0 || !optarg[6])
-                return s_bad("--endpoint", optarg, "only ipc://PATH carries peer credentials");
-            cfg.endpoint = optarg;
-            break;
-        case O_SGROUP:
-            cfg.socket_group = optarg;
-            break;
-        case O_AGROUP:
-            cfg.admin_group = optarg;
-            break;
-        case O_SERIALIZE:
-            if (strcmp(optarg, "confidential") == 0)
-                cfg.serialize = LT_SERIALIZE_CONFIDENTIAL;
-            else if (strcmp(optarg, "all") == 0)
-                cfg.serialize = LT_SERIALIZE_ALL;
-            else if (strcmp(optarg, "none") == 0)
-                cfg.serialize = LT_SERIALIZE_NONE;
-            else
-                return s_bad("--serialize", optarg, "expected confidential, all or none");
-            break;
-        case O_MAXACT:
-            if (s_parse_u64(optarg, UINT32_MAX, &v) < 0)
-                return s_bad("--max-active", optarg, "expected a count");
-            cfg.max_active = (uint32_t)v;
-            break;
-        case O_QUAR:
-        case O_WARN:
-        case O_GRACE:
-            if (s_parse_u64(optarg, 86400000ull * 365, &v) < 0)
-                return s_bad(opts[c - 1].name, optarg, "expected milliseconds");
-            if (c == O_QUAR)
-                cfg.quarantine_ms = v;
-            else if (c == O_WARN)
-                cfg.hold_warn_ms = v;
-            else
-                cfg.kill_grace_ms = v;
-            break;
-        case O_LOGLEVEL: {
-            int l = ul_log_level_parse(optarg);
-            if (l < 0)
-                return s_bad("--log-level", optarg, "expected debug, info, warn or error");
-            cfg.log_level = (ul_log_level)l;
-            break;
-        }
-        case O_MAXLEASES:
-            if (s_parse_u64(optarg, 1048576, &v) < 0 || v == 0)
-                return s_bad("--max-leases", optarg, "expected a count from 1 to 1048576");
-            cfg.max_leases = (uint32_t)v;
+        case O_CONFIG:
+        case O_CHECK:
             break;
         case O_FORCEJ:
             cfg.force_journal = true;
+            break;
+        case O_RUNTIME:
+        case O_ENDPOINT:
+        case O_SGROUP:
+        case O_AGROUP:
+        case O_SERIALIZE:
+        case O_MAXACT:
+        case O_QUAR:
+        case O_WARN:
+        case O_GRACE:
+        case O_LOGLEVEL:
+        case O_MAXLEASES:
+            if (ul_config_set(&cfg, opts[c - 1].name, optarg, why, sizeof why) < 0) {
+                char flag[64];
+                snprintf(flag, sizeof flag, "--%s", opts[c - 1].name);
+                return s_bad(flag, optarg, why);
+            }
             break;
         case O_HELP:
             s_usage(stdout);
@@ -190,6 +170,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "uvmleased: unexpected argument '%s' (see --help)\n", argv[optind]);
         return 2;
     }
+    if (check) {
+        if (ul_config_check(&cfg, err, sizeof err) < 0) {
+            fprintf(stderr, "uvmleased: %s\n", err);
+            return 2;
+        }
+        printf("# uvmleased %s: settings from %s%s\n", UL_VERSION, conf ? conf : UL_CONFIG_FILE,
+               lrc == 1 ? " (absent: defaults)" : "");
+        ul_config_print(stdout, &cfg);
+        return 0;
+    }
+    ul_notify_setup(&cfg);
 
     /* Block the stop signals before the broker thread exists so only
      * sigwait() below sees them. */
@@ -205,16 +196,12 @@ int main(int argc, char **argv)
     ul_accept_guard_init();
     uvmlease_broker *b = NULL;
     pid_t other = 0;
-    char err[512];
     int rc = uvmlease_broker_start(&cfg, &b, &other, err, sizeof err);
     if (rc) {
         fprintf(stderr, "uvmleased: %s\n", err);
         return 1;
     }
-#ifdef UL_HAVE_SYSTEMD
-    sd_notifyf(0, "READY=1\nSTATUS=serving %s\nMAINPID=%d", uvmlease_broker_endpoint(b),
-               (int)getpid());
-#endif
+    ul_notify_ready(b);
     for (;;) {
         int sig = 0;
         if (sigwait(&stop, &sig) != 0)
@@ -223,9 +210,7 @@ int main(int argc, char **argv)
             continue; /* nothing to reload; keep serving */
         break;
     }
-#ifdef UL_HAVE_SYSTEMD
-    sd_notify(0, "STOPPING=1");
-#endif
+    ul_notify_stopping();
     uvmlease_broker_stop(&b);
     return 0;
 }

@@ -20,6 +20,13 @@
 
 typedef struct uvmlease_broker uvmlease_broker;
 
+/* What the broker's loop reports to a heartbeat callback. */
+typedef struct uvmlease_broker_status {
+    uint64_t holders;     /* leases held now */
+    uint64_t waiters;     /* acquires waiting now */
+    bool journal_healthy; /* false while journal writes fail (grants suspended) */
+} uvmlease_broker_status;
+
 typedef struct uvmlease_broker_config {
     /* The broker's private directory: lock file and lease journal, and the
      * socket unless endpoint puts it elsewhere. NULL: /run/uvmlease as
@@ -53,6 +60,14 @@ typedef struct uvmlease_broker_config {
      * even where the kernel offers SO_PEERPIDFD (Linux >= 6.5): the path
      * Debian 12's 6.1 kernel takes, so tests can cover it. Default false. */
     bool pin_by_pid;
+    /* Called on the broker's own thread, from its loop, once at start and
+     * then every heartbeat_ms (0: never, the default), whatever the loop is
+     * doing: a loop that stops turning stops calling it, which is what a
+     * service manager's watchdog needs. It must be quick and must not call
+     * into the broker. */
+    void (*heartbeat)(void *ctx, const uvmlease_broker_status *st);
+    void *heartbeat_ctx;
+    uint64_t heartbeat_ms;
     ul_log_level log_level; /* default UL_LOG_INFO */
     ul_log_sink log_sink;   /* NULL: stderr */
     void *log_ctx;

@@ -34,12 +34,15 @@ broker/runtime 10 peers
 broker/accept_guard 10 peers
 broker/uvmlease_broker 11 peers
 broker/broker_internal 12 peers
+broker/config 12 peers
+broker/notify 12 peers
 broker/kills 13 peers
 broker/send 13 peers
 broker/watch 14 peers
 broker/procs 15 peers
 broker/conn 16 peers
 broker/persist 16 peers
+broker/heartbeat 16 peers
 broker/events 17 alone
 broker/ops 18 alone
 broker/admin 18 alone

@@ -13,21 +13,14 @@
  */
 #include "lease_table.h"
 #include "lt_hash.h"
+#include "lt_heap.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "uvmlease_errors.h"
 
-#define S_NONE     UINT32_MAX
-#define S_HEAP_MIN 16u
-
-/* Deadline heap slot. w == NULL is a tombstone: the waiter left, its key
- * stays so the heap order still holds around it. */
-typedef struct s_dl {
-    uint64_t deadline;
-    lt_waiter *w;
-} s_dl;
+#define S_NONE LT_NOWHERE
 
 struct lt_table {
     lt_config cfg;
@@ -41,21 +34,15 @@ struct lt_table {
     bool suspended;       /* exclusive grants stopped: their record cannot be written */
     lt_htab uvms, leases, owners, lease_rids, waiter_rids;
     lt_alloc al;
-    ul_list all_uvms; /* lt_uvm.all_link */
-    ul_list warn;     /* lt_lease.warn_link */
-    ul_list quar;     /* lt_uvm.quar_link */
-    s_dl *dl;
-    uint32_t dl_n, dl_cap, dl_tomb;
-    lt_uvm **ready; /* min-heap on the head waiter's seq */
-    uint32_t ready_n, ready_cap;
+    ul_list all_uvms;   /* lt_uvm.all_link */
+    ul_list warn;       /* lt_lease.warn_link */
+    ul_list quar;       /* lt_uvm.quar_link */
+    lt_dlheap dl;       /* waiters by deadline */
+    lt_readyheap ready; /* min-heap on the head waiter's seq */
 };
 
 /* ---- allocation */
 
-static void *s_realloc(lt_table *t, void *p, size_t n)
-{
-    return lt_alloc_resize(&t->al, p, n);
-}
 
 static void *s_zalloc(lt_table *t, size_t n)
 {
@@ -65,13 +52,6 @@ static void *s_zalloc(lt_table *t, size_t n)
 static void s_free(lt_table *t, void *p)
 {
     lt_alloc_free(&t->al, p);
-}
-
-static void *s_array(lt_table *t, void *p, size_t n, size_t size)
-{
-    if (n == 0 || n > SIZE_MAX / size)
-        return NULL;
-    return s_realloc(t, p, n * size);
 }
 
 static uint64_t s_hash2(const lt_table *t, uint64_t a, uint64_t b)
@@ -178,211 +158,28 @@ static void s_copy(char *dst, const char *src, size_t max)
 
 /* ---- deadline heap (waiters with a finite deadline) */
 
-static void s_dl_set(lt_table *t, uint32_t i, s_dl e)
-{
-    t->dl[i] = e;
-    if (e.w)
-        e.w->heap_idx = i;
-}
-
-static void s_dl_up(lt_table *t, uint32_t i)
-{
-    s_dl e = t->dl[i];
-    while (i > 0) {
-        uint32_t p = (i - 1) / 2;
-        if (t->dl[p].deadline <= e.deadline)
-            break;
-        s_dl_set(t, i, t->dl[p]);
-        i = p;
-    }
-    s_dl_set(t, i, e);
-}
-
-static void s_dl_down(lt_table *t, uint32_t i)
-{
-    s_dl e = t->dl[i];
-    for (;;) {
-        uint32_t c = 2 * i + 1;
-        if (c >= t->dl_n)
-            break;
-        if (c + 1 < t->dl_n && t->dl[c + 1].deadline < t->dl[c].deadline)
-            c++;
-        if (e.deadline <= t->dl[c].deadline)
-            break;
-        s_dl_set(t, i, t->dl[c]);
-        i = c;
-    }
-    s_dl_set(t, i, e);
-}
-
-/* Make room for one more entry; the only allocating heap operation, done
- * before anything else changes. */
-static int s_dl_reserve(lt_table *t)
-{
-    if (t->dl_n < t->dl_cap)
-        return 0;
-    if (t->dl_cap >= S_NONE / 2)
-        return -1;
-    uint32_t ncap = t->dl_cap ? t->dl_cap * 2 : S_HEAP_MIN;
-    s_dl *n = s_array(t, t->dl, ncap, sizeof *n);
-    if (!n)
-        return -1;
-    t->dl = n;
-    t->dl_cap = ncap;
-    return 0;
-}
-
-static void s_dl_push(lt_table *t, lt_waiter *w)
-{
-    uint32_t i = t->dl_n++;
-    t->dl[i] = (s_dl){w->deadline, w};
-    w->heap_idx = i;
-    s_dl_up(t, i);
-}
-
-static void s_dl_pop(lt_table *t)
-{
-    if (!t->dl[0].w)
-        t->dl_tomb--;
-    else
-        t->dl[0].w->heap_idx = S_NONE;
-    s_dl last = t->dl[--t->dl_n];
-    if (t->dl_n > 0) {
-        s_dl_set(t, 0, last);
-        s_dl_down(t, 0);
-    }
-}
-
-static void s_dl_compact(lt_table *t)
-{
-    uint32_t j = 0;
-    for (uint32_t i = 0; i < t->dl_n; i++)
-        if (t->dl[i].w)
-            t->dl[j++] = t->dl[i];
-    t->dl_n = j;
-    t->dl_tomb = 0;
-    for (uint32_t i = 0; i < j; i++)
-        t->dl[i].w->heap_idx = i;
-    for (uint32_t i = j / 2; i-- > 0;)
-        s_dl_down(t, i);
-    if (t->dl_cap > 4 * S_HEAP_MIN && t->dl_n < t->dl_cap / 4) {
-        s_dl *n = s_array(t, t->dl, t->dl_cap / 2, sizeof *n);
-        if (n) {
-            t->dl = n;
-            t->dl_cap /= 2;
-        }
-    }
-}
-
-/* O(1) amortised: tombstone the slot; compaction is paid for by the
- * removals that made the tombstones. */
-static void s_dl_remove(lt_table *t, lt_waiter *w)
-{
-    uint32_t i = w->heap_idx;
-    if (i == S_NONE || i >= t->dl_n)
-        return;
-    w->heap_idx = S_NONE;
-    if (i == t->dl_n - 1) {
-        t->dl_n--;
-        return;
-    }
-    t->dl[i].w = NULL;
-    t->dl_tomb++;
-    if (t->dl_tomb > t->dl_n - t->dl_tomb)
-        s_dl_compact(t);
-}
-
-static void s_dl_clean_top(lt_table *t)
-{
-    while (t->dl_n > 0 && !t->dl[0].w)
-        s_dl_pop(t);
-}
-
-/* ---- ready heap (cap only): UVMs whose head waiter could be granted if a
- * slot were free, ordered by that waiter's arrival. */
-
-static uint64_t s_ready_key(lt_uvm *u)
-{
-    return s_head(u)->seq;
-}
-
-static void s_ready_set(lt_table *t, uint32_t i, lt_uvm *u)
-{
-    t->ready[i] = u;
-    u->ready_idx = i;
-}
-
-static void s_ready_up(lt_table *t, uint32_t i)
-{
-    lt_uvm *u = t->ready[i];
-    uint64_t k = s_ready_key(u);
-    while (i > 0) {
-        uint32_t p = (i - 1) / 2;
-        if (s_ready_key(t->ready[p]) <= k)
-            break;
-        s_ready_set(t, i, t->ready[p]);
-        i = p;
-    }
-    s_ready_set(t, i, u);
-}
-
-static void s_ready_down(lt_table *t, uint32_t i)
-{
-    lt_uvm *u = t->ready[i];
-    uint64_t k = s_ready_key(u);
-    for (;;) {
-        uint32_t c = 2 * i + 1;
-        if (c >= t->ready_n)
-            break;
-        if (c + 1 < t->ready_n && s_ready_key(t->ready[c + 1]) < s_ready_key(t->ready[c]))
-            c++;
-        if (k <= s_ready_key(t->ready[c]))
-            break;
-        s_ready_set(t, i, t->ready[c]);
-        i = c;
-    }
-    s_ready_set(t, i, u);
-}
-
-/* Capacity for every UVM entry is reserved when the entry is created, so
- * the heap never allocates while granting. */
-static int s_ready_reserve(lt_table *t, uint64_t entries)
-{
-    if (entries <= t->ready_cap)
-        return 0;
-    if (t->ready_cap >= S_NONE / 2)
-        return -1;
-    uint32_t ncap = t->ready_cap ? t->ready_cap * 2 : S_HEAP_MIN;
-    lt_uvm **n = s_array(t, t->ready, ncap, sizeof *n);
-    if (!n)
-        return -1;
-    t->ready = n;
-    t->ready_cap = ncap;
-    return 0;
-}
-
 /* Put u in, take it out of, or reorder it in the ready heap after any change
  * to its holders, waiters, quarantine or drain. */
 static void s_ready_update(lt_table *t, lt_uvm *u)
 {
     bool want = t->cfg.max_active > 0 && s_uvm_ready(t, u);
     if (want && u->ready_idx == S_NONE) {
-        if (t->ready_n >= t->ready_cap)
+        if (t->ready.n >= t->ready.cap)
             return; /* cannot happen: reserved per entry */
-        uint32_t i = t->ready_n++;
-        s_ready_set(t, i, u);
-        s_ready_up(t, i);
+        uint32_t i = t->ready.n++;
+        lt_ready_set(&t->ready, i, u);
+        lt_ready_up(&t->ready, i);
     } else if (want) {
-        s_ready_up(t, u->ready_idx);
-        s_ready_down(t, u->ready_idx);
+        lt_ready_up(&t->ready, u->ready_idx);
+        lt_ready_down(&t->ready, u->ready_idx);
     } else if (u->ready_idx != S_NONE) {
         uint32_t i = u->ready_idx;
-        lt_uvm *last = t->ready[--t->ready_n];
+        lt_uvm *last = t->ready.v[--t->ready.n];
         u->ready_idx = S_NONE;
-        if (i < t->ready_n) {
-            s_ready_set(t, i, last);
-            s_ready_up(t, i);
-            s_ready_down(t, last->ready_idx);
+        if (i < t->ready.n) {
+            lt_ready_set(&t->ready, i, last);
+            lt_ready_up(&t->ready, i);
+            lt_ready_down(&t->ready, last->ready_idx);
         }
     }
 }
@@ -401,7 +198,7 @@ static lt_uvm *s_uvm_lookup(lt_table *t, const char *id, size_t len, uint64_t ha
 
 static lt_uvm *s_uvm_create(lt_table *t, const char *id, size_t len, uint64_t hash)
 {
-    if (t->cfg.max_active > 0 && s_ready_reserve(t, t->stats.uvms + 1) < 0)
+    if (t->cfg.max_active > 0 && lt_ready_reserve(&t->ready, &t->al, t->stats.uvms + 1) < 0)
         return NULL;
     lt_uvm *u = s_zalloc(t, sizeof *u);
     if (!u)
@@ -560,7 +357,7 @@ static void s_waiter_unlink(lt_table *t, lt_waiter *w)
     ul_list_remove(&w->uvm_link);
     ul_list_remove(&w->owner_link);
     lt_ht_remove(&t->waiter_rids, &t->al, &w->rnode);
-    s_dl_remove(t, w);
+    lt_dl_remove(&t->dl, &t->al, w);
     u->n_waiters--;
     t->stats.waiters--;
 }
@@ -651,8 +448,8 @@ static void s_uvm_kick(lt_table *t, lt_uvm *u, uint64_t now)
 /* Hand free cap slots to the oldest ready waiters. */
 static void s_cap_dispatch(lt_table *t, uint64_t now)
 {
-    while (t->cfg.max_active > 0 && !t->suspended && t->ready_n > 0 && s_cap_room(t)) {
-        lt_uvm *u = t->ready[0];
+    while (t->cfg.max_active > 0 && !t->suspended && t->ready.n > 0 && s_cap_room(t)) {
+        lt_uvm *u = t->ready.v[0];
         lt_waiter *w = s_head(u);
         if (w->deadline <= now) {
             s_waiter_end(t, w, UVMLEASE_ETIMEDOUT, now);
@@ -781,8 +578,8 @@ void lt_free(lt_table **tp)
     s_free(t, t->owners.b);
     s_free(t, t->lease_rids.b);
     s_free(t, t->waiter_rids.b);
-    s_free(t, t->dl);
-    s_free(t, t->ready);
+    s_free(t, t->dl.v);
+    s_free(t, t->ready.v);
     s_free(t, t);
     *tp = NULL;
 }
@@ -972,7 +769,7 @@ static void s_enqueue(lt_table *t, lt_uvm *u, lt_waiter *w, lt_lease *l, lt_owne
     ul_list_insert_tail(&o->waiters, &w->owner_link);
     lt_ht_insert(&t->waiter_rids, &t->al, &w->rnode, s_hash_rid(t, o, w->rid));
     if (deadline != LT_NEVER)
-        s_dl_push(t, w);
+        lt_dl_push(&t->dl, w);
     u->n_waiters++;
     t->stats.waiters++;
     s_ready_update(t, u);
@@ -1040,7 +837,7 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     bool ok = l != NULL;
     if (ok && (!now_ok || (excl && a->timeout_ms != 0 && t->cfg.persist))) {
         w = s_zalloc(t, sizeof *w);
-        ok = w && (deadline == LT_NEVER || s_dl_reserve(t) == 0);
+        ok = w && (deadline == LT_NEVER || lt_dl_reserve(&t->dl, &t->al) == 0);
     }
     if (ok && !u)
         ok = (u = s_uvm_create(t, a->uvm, len, h)) != NULL;
@@ -1353,10 +1150,10 @@ uint64_t lt_tick(lt_table *t, uint64_t now)
         return LT_NEVER;
     now = s_clock(t, now);
     for (;;) {
-        s_dl_clean_top(t);
-        if (t->dl_n == 0 || t->dl[0].deadline > now)
+        lt_dl_clean_top(&t->dl);
+        if (t->dl.n == 0 || t->dl.v[0].deadline > now)
             break;
-        lt_waiter *w = t->dl[0].w;
+        lt_waiter *w = t->dl.v[0].w;
         lt_uvm *u = w->uvm;
         /* Waiting in vain because no grant can be recorded: say so. */
         bool journal = t->suspended && u->n_holders == 0 && u->quarantine_until == 0 &&
@@ -1380,9 +1177,9 @@ uint64_t lt_tick(lt_table *t, uint64_t now)
     s_cap_dispatch(t, now);
 
     uint64_t next = LT_NEVER;
-    s_dl_clean_top(t);
-    if (t->dl_n > 0)
-        next = t->dl[0].deadline;
+    lt_dl_clean_top(&t->dl);
+    if (t->dl.n > 0)
+        next = t->dl.v[0].deadline;
     ul_list *q = ul_list_first(&t->quar);
     if (q) {
         uint64_t until = ul_container_of(q, lt_uvm, quar_link)->quarantine_until;

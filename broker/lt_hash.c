@@ -36,6 +36,13 @@ void lt_alloc_free(const lt_alloc *a, void *p)
         (void)lt_alloc_resize(a, p, 0);
 }
 
+void *lt_alloc_array(const lt_alloc *a, void *p, size_t n, size_t size)
+{
+    if (n == 0 || n > SIZE_MAX / size)
+        return NULL;
+    return lt_alloc_resize(a, p, n * size);
+}
+
 /* ---- SipHash-2-4: peers choose UVM ids, so the bucket index must not be
  * predictable without the key. */
 

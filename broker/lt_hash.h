@@ -12,7 +12,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-
 /* Intrusive hash-chain node, embedded in the table's objects (private to
  * lease_table.c). */
 typedef struct lt_hnode {
@@ -29,6 +28,8 @@ typedef struct lt_alloc {
 void *lt_alloc_resize(const lt_alloc *a, void *p, size_t n);
 void *lt_alloc_zero(const lt_alloc *a, size_t n);
 void lt_alloc_free(const lt_alloc *a, void *p);
+/* n elements of size bytes (NULL on overflow or out of memory). */
+void *lt_alloc_array(const lt_alloc *a, void *p, size_t n, size_t size);
 
 uint64_t lt_siphash(const uint64_t key[2], const void *data, size_t len);
 

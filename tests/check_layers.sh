@@ -28,7 +28,9 @@ common/ul_codec 2 peers
 common/ul_errors 2 peers
 common/ul_mpcheck 2 peers
 broker/lt_hash 9 peers
-broker/lease_table 10 peers
+broker/lease_table.h 10 peers
+broker/lt_heap 11 peers
+broker/lease_table.c 12 peers
 broker/journal 10 peers
 broker/runtime 10 peers
 broker/accept_guard 10 peers

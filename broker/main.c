@@ -65,102 +65,92 @@ static void s_raise_nofile(void)
     }
 }
 
-int main(int argc, char **argv)
+enum {
+    O_RUNTIME = 1,
+    O_ENDPOINT,
+    O_SGROUP,
+    O_AGROUP,
+    O_SERIALIZE,
+    O_MAXACT,
+    O_QUAR,
+    O_WARN,
+    O_GRACE,
+    O_LOGLEVEL,
+    O_MAXLEASES,
+    O_FORCEJ,
+    O_CONFIG,
+    O_CHECK,
+    O_HELP,
+    O_VERSION
+};
+
+/* Options named like the settings file's keys (ul_config_set): the order
+ * matches the enum above, so opts[c - 1] is option c. */
+static const struct option s_opts[] = {
+    {"runtime-dir", required_argument, NULL, O_RUNTIME},
+    {"endpoint", required_argument, NULL, O_ENDPOINT},
+    {"socket-group", required_argument, NULL, O_SGROUP},
+    {"admin-group", required_argument, NULL, O_AGROUP},
+    {"serialize", required_argument, NULL, O_SERIALIZE},
+    {"max-active", required_argument, NULL, O_MAXACT},
+    {"quarantine-ms", required_argument, NULL, O_QUAR},
+    {"hold-warn-ms", required_argument, NULL, O_WARN},
+    {"kill-grace-ms", required_argument, NULL, O_GRACE},
+    {"log-level", required_argument, NULL, O_LOGLEVEL},
+    {"max-leases", required_argument, NULL, O_MAXLEASES},
+    {"force-journal", no_argument, NULL, O_FORCEJ},
+    {"config", required_argument, NULL, O_CONFIG},
+    {"check-config", no_argument, NULL, O_CHECK},
+    {"help", no_argument, NULL, O_HELP},
+    {"version", no_argument, NULL, O_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+typedef struct s_args {
+    const char *conf; /* --config, or NULL for the default file */
+    bool check;       /* --check-config */
+    int loaded;       /* ul_config_load: 0 read, 1 absent (defaults) */
+} s_args;
+
+/* First pass: where the settings come from, so the file is read before
+ * any flag is applied over it. */
+static void s_prescan(int argc, char **argv, s_args *a, bool *info)
 {
-    enum {
-        O_RUNTIME = 1,
-        O_ENDPOINT,
-        O_SGROUP,
-        O_AGROUP,
-        O_SERIALIZE,
-        O_MAXACT,
-        O_QUAR,
-        O_WARN,
-        O_GRACE,
-        O_LOGLEVEL,
-        O_MAXLEASES,
-        O_FORCEJ,
-        O_CONFIG,
-        O_CHECK,
-        O_HELP,
-        O_VERSION
-    };
-    static const struct option opts[] = {
-        {"runtime-dir", required_argument, NULL, O_RUNTIME},
-        {"endpoint", required_argument, NULL, O_ENDPOINT},
-        {"socket-group", required_argument, NULL, O_SGROUP},
-        {"admin-group", required_argument, NULL, O_AGROUP},
-        {"serialize", required_argument, NULL, O_SERIALIZE},
-        {"max-active", required_argument, NULL, O_MAXACT},
-        {"quarantine-ms", required_argument, NULL, O_QUAR},
-        {"hold-warn-ms", required_argument, NULL, O_WARN},
-        {"kill-grace-ms", required_argument, NULL, O_GRACE},
-        {"log-level", required_argument, NULL, O_LOGLEVEL},
-        {"max-leases", required_argument, NULL, O_MAXLEASES},
-        {"force-journal", no_argument, NULL, O_FORCEJ},
-        {"config", required_argument, NULL, O_CONFIG},
-        {"check-config", no_argument, NULL, O_CHECK},
-        {"help", no_argument, NULL, O_HELP},
-        {"version", no_argument, NULL, O_VERSION},
-        {NULL, 0, NULL, 0},
-    };
-    uvmlease_broker_config cfg;
-    uvmlease_broker_config_init(&cfg);
-    opterr = 0;
     int c;
-    /* First the file (--config, else the default if present), then every
-     * other flag over it. */
-    const char *conf = NULL;
-    bool check = false, info = false;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "", s_opts, NULL)) != -1) {
         if (c == O_CONFIG)
-            conf = optarg;
+            a->conf = optarg;
         else if (c == O_CHECK)
-            check = true;
+            a->check = true;
         else if (c == O_HELP || c == O_VERSION)
-            info = true;
+            *info = true;
     }
-    char err[512];
-    int lrc = info ? 1 : ul_config_load(&cfg, conf ? conf : UL_CONFIG_FILE, conf != NULL, err,
-                                        sizeof err);
-    if (lrc < 0) {
-        fprintf(stderr, "uvmleased: %s\n", err);
-        return 2;
-    }
+}
+
+/* Second pass: every flag over the file. -1 to go on, else an exit code. */
+static int s_flags(int argc, char **argv, uvmlease_broker_config *cfg)
+{
+    int c;
     optind = 0; /* glibc: start the scan afresh */
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "", s_opts, NULL)) != -1) {
         char why[128];
-        switch (c) {
-        case O_CONFIG:
-        case O_CHECK:
-            break;
-        case O_FORCEJ:
-            cfg.force_journal = true;
-            break;
-        case O_RUNTIME:
-        case O_ENDPOINT:
-        case O_SGROUP:
-        case O_AGROUP:
-        case O_SERIALIZE:
-        case O_MAXACT:
-        case O_QUAR:
-        case O_WARN:
-        case O_GRACE:
-        case O_LOGLEVEL:
-        case O_MAXLEASES:
-            if (ul_config_set(&cfg, opts[c - 1].name, optarg, why, sizeof why) < 0) {
+        if (c == O_CONFIG || c == O_CHECK)
+            continue;
+        if (c == O_FORCEJ) {
+            cfg->force_journal = true;
+        } else if (c >= O_RUNTIME && c <= O_MAXLEASES) {
+            if (ul_config_set(cfg, s_opts[c - 1].name, optarg, why, sizeof why) < 0) {
                 char flag[64];
-                snprintf(flag, sizeof flag, "--%s", opts[c - 1].name);
+                snprintf(flag, sizeof flag, "--%s", s_opts[c - 1].name);
                 return s_bad(flag, optarg, why);
             }
-            break;
-        case O_HELP:
+        } else if (c == O_HELP) {
             s_usage(stdout);
             return 0;
-        case O_VERSION:
+        } else if (c == O_VERSION) {
             printf("uvmleased %s (protocol %d)\n", UL_VERSION, UL_PROTO_VERSION);
             return 0;
-        default:
+        } else {
             fprintf(stderr, "uvmleased: unknown or incomplete option '%s' (see --help)\n",
                     argv[optind - 1]);
             return 2;
@@ -170,18 +160,26 @@ int main(int argc, char **argv)
         fprintf(stderr, "uvmleased: unexpected argument '%s' (see --help)\n", argv[optind]);
         return 2;
     }
-    if (check) {
-        if (ul_config_check(&cfg, err, sizeof err) < 0) {
-            fprintf(stderr, "uvmleased: %s\n", err);
-            return 2;
-        }
-        printf("# uvmleased %s: settings from %s%s\n", UL_VERSION, conf ? conf : UL_CONFIG_FILE,
-               lrc == 1 ? " (absent: defaults)" : "");
-        ul_config_print(stdout, &cfg);
-        return 0;
-    }
-    ul_notify_setup(&cfg);
+    return -1;
+}
 
+static int s_check(const uvmlease_broker_config *cfg, const s_args *a)
+{
+    char err[512];
+    if (ul_config_check(cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "uvmleased: %s\n", err);
+        return 2;
+    }
+    printf("# uvmleased %s: settings from %s%s\n", UL_VERSION, a->conf ? a->conf : UL_CONFIG_FILE,
+           a->loaded == 1 ? " (absent: defaults)" : "");
+    ul_config_print(stdout, cfg);
+    return 0;
+}
+
+/* Start the broker and serve until SIGTERM or SIGINT. */
+static int s_serve(uvmlease_broker_config *cfg)
+{
+    ul_notify_setup(cfg);
     /* Block the stop signals before the broker thread exists so only
      * sigwait() below sees them. */
     sigset_t stop;
@@ -196,8 +194,8 @@ int main(int argc, char **argv)
     ul_accept_guard_init();
     uvmlease_broker *b = NULL;
     pid_t other = 0;
-    int rc = uvmlease_broker_start(&cfg, &b, &other, err, sizeof err);
-    if (rc) {
+    char err[512];
+    if (uvmlease_broker_start(cfg, &b, &other, err, sizeof err) != 0) {
         fprintf(stderr, "uvmleased: %s\n", err);
         return 1;
     }
@@ -213,4 +211,26 @@ int main(int argc, char **argv)
     ul_notify_stopping();
     uvmlease_broker_stop(&b);
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    opterr = 0;
+    s_args a = {0};
+    bool info = false;
+    s_prescan(argc, argv, &a, &info);
+    char err[512];
+    a.loaded = info ? 1
+                    : ul_config_load(&cfg, a.conf ? a.conf : UL_CONFIG_FILE, a.conf != NULL, err,
+                                     sizeof err);
+    if (a.loaded < 0) {
+        fprintf(stderr, "uvmleased: %s\n", err);
+        return 2;
+    }
+    int code = s_flags(argc, argv, &cfg);
+    if (code >= 0)
+        return code;
+    return a.check ? s_check(&cfg, &a) : s_serve(&cfg);
 }

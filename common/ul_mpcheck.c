@@ -124,6 +124,63 @@ static struct elem_info classify(uint8_t b)
     return e;
 }
 
+/* Where the walk over the bytes stands. */
+struct walk {
+    size_t len, off;
+    /* Elements announced but not yet read, over all open containers plus
+     * the top-level object. Each needs at least one byte, so pending may
+     * never exceed the bytes left: this bounds every count by the bytes
+     * that are really there, not just by the per-container limit. */
+    uint64_t pending;
+    /* Elements still to read in each open container (a map counts keys and
+     * values separately). */
+    uint64_t left[UL_MP_STACK];
+    unsigned depth;
+};
+
+/* Check what follows one header with count or length n (the payload, or
+ * the elements a container announces) and step past it. 0 or a status. */
+static int s_payload(struct walk *w, const struct elem_info *e, uint64_t n, const ul_mp_limits *lim)
+{
+    switch (e->cls) {
+    case EC_ARRAY:
+    case EC_MAP: {
+        if (n > lim->max_entries)
+            return UVMLEASE_ELIMIT;
+        uint64_t elems = e->cls == EC_MAP ? 2 * n : n;
+        if (!fits(w->len, w->off, w->pending, elems))
+            return UVMLEASE_ETRUNCATED;
+        if (elems > 0) {
+            w->left[w->depth++] = elems;
+            w->pending += elems;
+        }
+        return 0;
+    }
+    case EC_STR:
+    case EC_EXT: {
+        if (n > lim->max_str)
+            return UVMLEASE_ELIMIT;
+        uint64_t need = n + (e->cls == EC_EXT ? 1 : 0);
+        if (!fits(w->len, w->off, w->pending, need))
+            return UVMLEASE_ETRUNCATED;
+        w->off += (size_t)need;
+        return 0;
+    }
+    case EC_FIXEXT:
+        if (e->fixed > lim->max_str)
+            return UVMLEASE_ELIMIT;
+        if (!fits(w->len, w->off, w->pending, 1 + (uint64_t)e->fixed))
+            return UVMLEASE_ETRUNCATED;
+        w->off += 1 + e->fixed;
+        return 0;
+    default: /* EC_FIXED */
+        if (!fits(w->len, w->off, w->pending, e->fixed))
+            return UVMLEASE_ETRUNCATED;
+        w->off += e->fixed;
+        return 0;
+    }
+}
+
 int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)
 {
     if (!lim || (!buf && len > 0))
@@ -133,82 +190,37 @@ int ul_mp_check(const void *buf, size_t len, const ul_mp_limits *lim)
 
     const uint8_t *p = buf;
     unsigned max_depth = lim->max_depth < UL_MP_STACK ? lim->max_depth : UL_MP_STACK;
-    /* Elements still to read in each open container (a map counts keys and
-     * values separately). */
-    uint64_t left[UL_MP_STACK];
-    unsigned depth = 0;
-    /* Elements announced but not yet read, over all open containers plus
-     * the top-level object. Each needs at least one byte, so pending may
-     * never exceed the bytes left: this bounds every count by the bytes
-     * that are really there, not just by the per-container limit. */
-    uint64_t pending = 1;
-    size_t off = 0;
-
+    struct walk w = {.len = len, .pending = 1};
     for (;;) {
-        if (off >= len)
+        if (w.off >= len)
             return UVMLEASE_ETRUNCATED;
-        uint8_t b = p[off++];
-        pending--;
-        if (depth > 0)
-            left[depth - 1]--;
+        uint8_t b = p[w.off++];
+        w.pending--;
+        if (w.depth > 0)
+            w.left[w.depth - 1]--;
 
         struct elem_info e = classify(b);
         if (e.cls == EC_MALFORMED)
             return UVMLEASE_EMALFORMED;
         /* Depth is known from the header byte alone. */
-        if ((e.cls == EC_ARRAY || e.cls == EC_MAP) && depth + 1 > max_depth)
+        if ((e.cls == EC_ARRAY || e.cls == EC_MAP) && w.depth + 1 > max_depth)
             return UVMLEASE_ETOODEEP;
 
         uint64_t n = e.inline_n;
         if (e.lenbytes > 0) {
-            if (len - off < e.lenbytes)
+            if (len - w.off < e.lenbytes)
                 return UVMLEASE_ETRUNCATED;
-            n = be_read(p + off, e.lenbytes);
-            off += e.lenbytes;
+            n = be_read(p + w.off, e.lenbytes);
+            w.off += e.lenbytes;
         }
+        int rc = s_payload(&w, &e, n, lim);
+        if (rc)
+            return rc;
 
-        switch (e.cls) {
-        case EC_ARRAY:
-        case EC_MAP: {
-            if (n > lim->max_entries)
-                return UVMLEASE_ELIMIT;
-            uint64_t elems = e.cls == EC_MAP ? 2 * n : n;
-            if (!fits(len, off, pending, elems))
-                return UVMLEASE_ETRUNCATED;
-            if (elems > 0) {
-                left[depth++] = elems;
-                pending += elems;
-            }
-            break;
-        }
-        case EC_STR:
-        case EC_EXT: {
-            if (n > lim->max_str)
-                return UVMLEASE_ELIMIT;
-            uint64_t need = n + (e.cls == EC_EXT ? 1 : 0);
-            if (!fits(len, off, pending, need))
-                return UVMLEASE_ETRUNCATED;
-            off += (size_t)need;
-            break;
-        }
-        case EC_FIXEXT:
-            if (e.fixed > lim->max_str)
-                return UVMLEASE_ELIMIT;
-            if (!fits(len, off, pending, 1 + (uint64_t)e.fixed))
-                return UVMLEASE_ETRUNCATED;
-            off += 1 + e.fixed;
-            break;
-        default: /* EC_FIXED */
-            if (!fits(len, off, pending, e.fixed))
-                return UVMLEASE_ETRUNCATED;
-            off += e.fixed;
-            break;
-        }
-
-        while (depth > 0 && left[depth - 1] == 0)
-            depth--;
-        if (depth == 0 && pending == 0)
+        while (w.depth > 0 && w.left[w.depth - 1] == 0)
+            w.depth--;
+        if (w.depth == 0 && w.pending == 0)
             break;
     }
-    return off == len ? 0 : UVMLEASE_ETRAILING;
+    return w.off == len ? 0 : UVMLEASE_ETRAILING;
 }

@@ -206,7 +206,7 @@ static ul_reply *s_call(uvmlease *c, const char *what, ul_request *q, int64_t wa
     int rc = ul_client_enter(c);
     if (rc == 0) {
         rc = ul_client_call(c, q, wait_ms, NULL, &rep);
-        ul_client_unref(c);
+        ul_client_leave(c);
     }
     if (rc) {
         ctl_diag("%s: %s", what, uvmlease_strerror(rc));
@@ -634,7 +634,7 @@ static int s_watch_check(uvmlease *c, uint64_t *instance)
     int rc = ul_client_enter(c);
     if (rc == 0) {
         rc = ul_client_call(c, &q, WATCH_DEAD_MS, NULL, &rep);
-        ul_client_unref(c);
+        ul_client_leave(c);
     }
     if (rc) {
         ctl_diag("watch: the broker stopped answering (%s)", uvmlease_strerror(rc));
@@ -657,7 +657,7 @@ static void s_watch_unsubscribe(uvmlease *c)
     /* Best effort: the broker also forgets a watcher whose process died. */
     if (ul_client_enter(c) == 0) {
         ul_client_call(c, &q, 500, NULL, &rep);
-        ul_client_unref(c);
+        ul_client_leave(c);
     }
     ul_client_reply_free(rep);
 }

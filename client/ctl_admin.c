@@ -253,8 +253,8 @@ int ctl_cmd_list(const ctl_opts *g, int argc, char **argv)
     uvmlease *c;
     if (s_connect(g, "list", &c) != 0)
         return CTL_EXIT_FAIL;
-    ctl_output out;
-    ctl_output_init(&out, CTL_VIEW_LIST, g->json, wide, stdout);
+    ctl_out out;
+    ctl_out_init(&out, g->json ? &ctl_output_json : &ctl_output_text, wide, stdout);
     int code = CTL_EXIT_OK;
     bool headed = false;
     /* The broker answers in pages sorted by UVM ID; "after" is the cursor. */
@@ -270,16 +270,14 @@ int ctl_cmd_list(const ctl_opts *g, int argc, char **argv)
             break;
         }
         if (!headed) {
-            /* Above the table: the one state that makes every row suspect. */
-            if (!g->json && strcmp(rep->journal, "failing") == 0)
-                printf("JOURNAL FAILING: the broker cannot record leases; exclusive grants are "
-                       "suspended until it can (see its log)\n");
+            ctl_item head = {.kind = CTL_ITEM_BROKER,
+                             .broker = {.journal = strcmp(rep->journal, "failing") == 0 ? 0 : 1}};
             headed = true;
-            if (ctl_out_head(&out) != 0)
+            if (ctl_out_head(&out, &head) != 0)
                 code = s_write_failed("list");
         }
         for (uint32_t i = 0; i < rep->n_uvms && code == CTL_EXIT_OK; i++) {
-            ctl_item it = {.uvm = &rep->uvms[i]};
+            ctl_item it = {.kind = CTL_ITEM_UVM, .uvm = &rep->uvms[i]};
             if (ctl_out_row(&out, &it) != 0)
                 code = s_write_failed("list");
         }
@@ -300,7 +298,7 @@ int ctl_cmd_list(const ctl_opts *g, int argc, char **argv)
     }
     if (code == CTL_EXIT_OK && ctl_out_tail(&out) != 0)
         code = s_write_failed("list");
-    ctl_output_free(&out);
+    ctl_out_free(&out);
     uvmlease_close(c);
     return code;
 }
@@ -344,11 +342,11 @@ int ctl_cmd_show(const ctl_opts *g, int argc, char **argv)
     if (rep && rep->n_uvms != 1) {
         ctl_diag("%s: the broker's answer holds no UVM", what);
     } else if (rep) {
-        ctl_output out;
-        ctl_output_init(&out, CTL_VIEW_SHOW, g->json, wide, stdout);
-        ctl_item it = {.uvm = &rep->uvms[0]};
+        ctl_out out;
+        ctl_out_init(&out, g->json ? &ctl_output_json : &ctl_output_text, wide, stdout);
+        ctl_item it = {.kind = CTL_ITEM_UVM, .uvm = &rep->uvms[0]};
         code = ctl_out_result(&out, &it) == 0 ? CTL_EXIT_OK : s_write_failed("show");
-        ctl_output_free(&out);
+        ctl_out_free(&out);
     }
     ul_client_reply_free(rep);
     uvmlease_close(c);
@@ -390,11 +388,15 @@ int ctl_cmd_stats(const ctl_opts *g, int argc, char **argv)
     int code = CTL_EXIT_FAIL;
     ul_reply *rep = s_call(c, "stats", &q, UVMLEASE_CALL_TIMEOUT_MS);
     if (rep) {
-        ctl_output out;
-        ctl_output_init(&out, prom ? CTL_VIEW_PROMETHEUS : CTL_VIEW_STATS, g->json, false, stdout);
-        ctl_item it = {.stats = rep};
+        ctl_out out;
+        ctl_out_init(&out,
+                     prom      ? &ctl_output_prom
+                     : g->json ? &ctl_output_json
+                               : &ctl_output_text,
+                     false, stdout);
+        ctl_item it = {.kind = CTL_ITEM_STATS, .stats = rep};
         code = ctl_out_result(&out, &it) == 0 ? CTL_EXIT_OK : s_write_failed("stats");
-        ctl_output_free(&out);
+        ctl_out_free(&out);
     }
     ul_client_reply_free(rep);
     uvmlease_close(c);
@@ -415,17 +417,17 @@ static int s_action(const ctl_opts *g, const cmd_spec *spec, const ul_request *p
     int code = CTL_EXIT_FAIL;
     ul_reply *rep = s_call(c, what, &q, UVMLEASE_CALL_TIMEOUT_MS);
     if (rep) {
-        ctl_action a = {.op = proto->op,
-                        .uvm = proto->uvm,
-                        .mode = proto->mode,
-                        .pid = proto->pid,
-                        .reason = proto->reason,
-                        .detail = rep->detail};
-        ctl_output out;
-        ctl_output_init(&out, CTL_VIEW_ACTION, g->json, false, stdout);
-        ctl_item it = {.action = &a};
+        ctl_item it = {.kind = CTL_ITEM_ACTION,
+                       .action = {.op = proto->op,
+                                  .uvm = proto->uvm,
+                                  .mode = proto->mode,
+                                  .pid = proto->pid,
+                                  .reason = proto->reason,
+                                  .detail = rep->detail}};
+        ctl_out out;
+        ctl_out_init(&out, g->json ? &ctl_output_json : &ctl_output_text, false, stdout);
         code = ctl_out_result(&out, &it) == 0 ? CTL_EXIT_OK : s_write_failed(spec->name);
-        ctl_output_free(&out);
+        ctl_out_free(&out);
     }
     ul_client_reply_free(rep);
     uvmlease_close(c);
@@ -583,7 +585,7 @@ static void s_watch_on_event(void *ctx, const ul_reply *rep)
     (void)w; /* EAGAIN: the counter is saturated, the main thread wakes anyway */
 }
 
-static int s_watch_print(watch_queue *wq, ctl_output *out)
+static int s_watch_print(watch_queue *wq, ctl_out *out)
 {
     uint64_t v;
     ssize_t r = read(wq->efd, &v, sizeof v);
@@ -604,7 +606,7 @@ static int s_watch_print(watch_queue *wq, ctl_output *out)
             ctl_diag("watch: %" PRIu64 " events dropped: the output did not keep up", dropped);
         if (!have)
             return 0;
-        ctl_item it = {.event = &e};
+        ctl_item it = {.kind = CTL_ITEM_EVENT, .event = &e};
         if (ctl_out_row(out, &it) != 0)
             return -1;
     }
@@ -706,8 +708,8 @@ int ctl_cmd_watch(const ctl_opts *g, int argc, char **argv)
     if (s_watch_subscribe(c, &instance) != 0)
         goto out;
 
-    ctl_output out;
-    ctl_output_init(&out, CTL_VIEW_WATCH, g->json, true, stdout);
+    ctl_out out;
+    ctl_out_init(&out, g->json ? &ctl_output_json : &ctl_output_text, true, stdout);
     uint64_t next_check = ul_now_ms() + WATCH_PING_MS;
     int result = -1;
     while (result < 0) {
@@ -740,7 +742,7 @@ int ctl_cmd_watch(const ctl_opts *g, int argc, char **argv)
     /* What arrived before the stop is still printed. */
     if (result == CTL_EXIT_OK && s_watch_print(&wq, &out) != 0)
         result = s_write_failed("watch");
-    ctl_output_free(&out);
+    ctl_out_free(&out);
     ul_client_on_event(c, NULL, NULL);
     if (result == CTL_EXIT_OK)
         s_watch_unsubscribe(c);

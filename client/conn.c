@@ -474,7 +474,7 @@ int ul_client_io_start(uvmlease *c)
     return rc;
 }
 
-/* ------------------------------------------------------- calls, waiting */
+/* ------------------------------------------- the connection, references */
 
 int ul_client_new(const char *endpoint, ul_client_revoked_fn on_revoked, uvmlease **out)
 {
@@ -556,6 +556,8 @@ void ul_client_leave(uvmlease *c)
     pthread_mutex_unlock(&c->mu);
     ul_client_unref(c); /* wakes a close() waiting for calls to leave */
 }
+
+/* ------------------------------------------------------- calls, waiting */
 
 /* The caller stops waiting for r. Keep it as background work when its
  * outcome still matters to the broker's state. */

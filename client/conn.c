@@ -1,12 +1,15 @@
 /*
- * conn.c — a connection's I/O thread, its request records and the wait
- * for an answer (see ul_client.h for the model).
+ * conn.c — a connection's I/O thread, its request records, the wait for an
+ * answer, and the connection's life: creation, references, close (see
+ * ul_client.h for the model). Leases are uvmlease.c's: what the broker says
+ * of them reaches it through the on_revoked handler.
  */
 #include "ul_client.h"
 
 #include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -77,6 +80,14 @@ int ul_waitctx_init(ul_waitctx *w, uvmlease *c)
 void ul_waitctx_destroy(ul_waitctx *w)
 {
     pthread_cond_destroy(&w->cv);
+}
+
+void ul_waitctx_cancel(ul_waitctx *w)
+{
+    pthread_mutex_lock(&w->conn->mu);
+    w->cancel = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->conn->mu);
 }
 
 void ul_client_reply_free(ul_reply *rep)
@@ -230,17 +241,6 @@ static ul_reply *s_on_reply_locked(uvmlease *c, ul_req *r, ul_reply *rep)
     return rep;
 }
 
-static void s_on_revoked_locked(uvmlease *c, const ul_reply *rep)
-{
-    ul_list *pos, *tmp;
-    ul_list_foreach_safe(pos, tmp, &c->leases)
-    {
-        uvmlease_lease *l = ul_container_of(pos, uvmlease_lease, link);
-        if (l->id == rep->lease)
-            l->revoked = true;
-    }
-}
-
 /* A new broker instance: send it everything still outstanding. Waiting
  * acquires keep their rid, so a broker that restored them answers
  * idempotently (PROTOCOL.md section 8). */
@@ -283,7 +283,8 @@ static ul_reply *s_dispatch_locked(uvmlease *c, ul_reply *rep)
             rep = s_on_outcome_locked(c, r, rep);
         break;
     case UL_MSG_REVOKED:
-        s_on_revoked_locked(c, rep);
+        if (c->on_revoked)
+            c->on_revoked(c, rep->lease);
         break;
     default:
         break;
@@ -352,6 +353,24 @@ static int s_ping_locked(uvmlease *c, uint64_t now, bool blocked)
 
 /* ------------------------------------------------------------- receiving */
 
+/* Without the lock, so that the handler may take its own locks and block
+ * on its output; in_event lets ul_client_on_event() wait for it. */
+static void s_deliver_event(uvmlease *c, const ul_reply *ev)
+{
+    pthread_mutex_lock(&c->mu);
+    ul_client_event_fn fn = c->on_event;
+    void *ctx = c->event_ctx;
+    c->in_event = fn != NULL;
+    pthread_mutex_unlock(&c->mu);
+    if (!fn)
+        return;
+    fn(ctx, ev);
+    pthread_mutex_lock(&c->mu);
+    c->in_event = false;
+    pthread_cond_broadcast(&c->idle_cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
 static void s_receive(uvmlease *c)
 {
     for (int i = 0; i < RECV_BATCH; i++) {
@@ -383,11 +402,9 @@ static void s_receive(uvmlease *c)
 
         pthread_mutex_lock(&c->mu);
         rep = s_dispatch_locked(c, rep);
-        ul_client_event_fn fn = c->on_event;
-        void *ctx = c->event_ctx;
         pthread_mutex_unlock(&c->mu);
-        if (rep && rep->kind == UL_MSG_EVENT && fn)
-            fn(ctx, rep);
+        if (rep && rep->kind == UL_MSG_EVENT)
+            s_deliver_event(c, rep);
         ul_client_reply_free(rep);
     }
 }
@@ -457,7 +474,34 @@ int ul_client_io_start(uvmlease *c)
     return rc;
 }
 
-/* ------------------------------------------------------- calls, waiting */
+/* ------------------------------------------- the connection, references */
+
+int ul_client_new(const char *endpoint, ul_client_revoked_fn on_revoked, uvmlease **out)
+{
+    uvmlease *c = calloc(1, sizeof *c);
+    if (!c)
+        return UVMLEASE_ENOMEM;
+    pthread_condattr_t a;
+    if (pthread_condattr_init(&a) != 0)
+        goto fail;
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&c->idle_cv, &a);
+    pthread_condattr_destroy(&a);
+    if (rc != 0)
+        goto fail;
+    pthread_mutex_init(&c->mu, NULL);
+    ul_list_init(&c->reqs);
+    c->pid = getpid();
+    c->refs = 1;
+    c->wakefd = -1;
+    c->on_revoked = on_revoked;
+    snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
+    *out = c;
+    return 0;
+fail:
+    free(c);
+    return UVMLEASE_ENOMEM;
+}
 
 int ul_client_enter(uvmlease *c)
 {
@@ -465,10 +509,20 @@ int ul_client_enter(uvmlease *c)
         return UVMLEASE_ECLOSED;
     pthread_mutex_lock(&c->mu);
     int rc = c->closing ? UVMLEASE_ECLOSED : 0;
-    if (!rc)
+    if (!rc) {
         c->refs++;
+        c->calls++;
+    }
     pthread_mutex_unlock(&c->mu);
     return rc;
+}
+
+int ul_client_hold_locked(uvmlease *c)
+{
+    if (c->closing)
+        return UVMLEASE_ECLOSED;
+    c->refs++;
+    return 0;
 }
 
 static void s_conn_free(uvmlease *c)
@@ -494,6 +548,16 @@ void ul_client_unref(uvmlease *c)
     if (last)
         s_conn_free(c);
 }
+
+void ul_client_leave(uvmlease *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->calls--;
+    pthread_mutex_unlock(&c->mu);
+    ul_client_unref(c); /* wakes a close() waiting for calls to leave */
+}
+
+/* ------------------------------------------------------- calls, waiting */
 
 /* The caller stops waiting for r. Keep it as background work when its
  * outcome still matters to the broker's state. */
@@ -595,7 +659,7 @@ out:
 /* Calls still in progress, or work nobody waits for. */
 static bool s_busy_locked(uvmlease *c)
 {
-    if (c->refs > 1 + c->lease_refs)
+    if (c->calls > 0)
         return true;
     ul_list *pos, *tmp;
     ul_list_foreach_safe(pos, tmp, &c->reqs)
@@ -606,17 +670,9 @@ static bool s_busy_locked(uvmlease *c)
     return false;
 }
 
-void ul_client_shutdown(uvmlease *c)
+void ul_client_begin_close_locked(uvmlease *c)
 {
-    pthread_mutex_lock(&c->mu);
     c->closing = true;
-    while (!ul_list_empty(&c->leases)) {
-        uvmlease_lease *l = ul_container_of(c->leases.next, uvmlease_lease, link);
-        ul_list_remove(&l->link);
-        l->linked = false;
-        if (!l->revoked)
-            ul_client_release_bg_locked(c, l->id);
-    }
     ul_list *pos, *tmp;
     ul_list_foreach_safe(pos, tmp, &c->reqs)
     {
@@ -624,6 +680,12 @@ void ul_client_shutdown(uvmlease *c)
         if (r->w)
             pthread_cond_signal(&r->w->cv);
     }
+}
+
+void ul_client_shutdown(uvmlease *c)
+{
+    pthread_mutex_lock(&c->mu);
+    ul_client_begin_close_locked(c);
     if (c->io_started) {
         /* Leave nothing behind on the broker (releases, cancels of acquires
          * just given up), but never hang on a broker that is gone. */
@@ -656,6 +718,7 @@ void ul_client_shutdown(uvmlease *c)
     /* Background work dies with the thread; callers still waking up free
      * their own records. */
     pthread_mutex_lock(&c->mu);
+    ul_list *pos, *tmp;
     ul_list_foreach_safe(pos, tmp, &c->reqs)
     {
         ul_req *r = ul_container_of(pos, ul_req, link);
@@ -667,15 +730,21 @@ void ul_client_shutdown(uvmlease *c)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* ------------------------------------------------------------ test hooks */
+/* ---------------------------------------------------------------- events */
 
 void ul_client_on_event(uvmlease *c, ul_client_event_fn fn, void *ctx)
 {
     pthread_mutex_lock(&c->mu);
     c->on_event = fn;
     c->event_ctx = ctx;
+    /* From within the handler, waiting for it would never end. */
+    bool on_io = c->io_started && pthread_equal(pthread_self(), c->io);
+    while (c->in_event && !on_io)
+        pthread_cond_wait(&c->idle_cv, &c->mu);
     pthread_mutex_unlock(&c->mu);
 }
+
+/* ------------------------------------------------------------ test hooks */
 
 unsigned ul_client_queued(uvmlease *c)
 {

@@ -30,19 +30,17 @@
  * broker (a new instance id), to which they are then sent again. */
 #define UL_CLIENT_PING_MS 1000
 
-/* A caller blocked in a call. Lives on the caller's stack. */
+/*
+ * A caller blocked in a call. Lives on the caller's stack; conn.c owns it,
+ * except tok_link, which belongs to the cancel token it is registered with
+ * (uvmlease.c).
+ */
 typedef struct ul_waitctx {
     pthread_cond_t cv; /* CLOCK_MONOTONIC; waited on with the connection mutex */
-    bool cancel;       /* set by a cancel token, under the connection mutex */
+    bool cancel;       /* set by ul_waitctx_cancel(), under the connection mutex */
     uvmlease *conn;
     ul_list tok_link; /* in uvmlease_cancel_token.waiters */
 } ul_waitctx;
-
-struct uvmlease_cancel_token {
-    pthread_mutex_t mu; /* lock order: token, then connection */
-    bool cancelled;
-    ul_list waiters; /* ul_waitctx.tok_link */
-};
 
 typedef struct ul_req {
     ul_list link; /* in uvmlease.reqs while the connection owns it */
@@ -61,11 +59,24 @@ typedef struct ul_req {
     ul_reply *rep;
 } ul_req;
 
+/* An event message (watch), on the I/O thread, without locks held. */
 typedef void (*ul_client_event_fn)(void *ctx, const ul_reply *ev);
+/* The broker revoked a lease: called on the I/O thread with c->mu held, in
+ * the order of the broker's messages. Must not block. */
+typedef void (*ul_client_revoked_fn)(uvmlease *c, uint64_t lease);
 
+/*
+ * One connection. Each field has one owner: conn.c (the transport, the
+ * request records, the references and the handlers) or uvmlease.c (what
+ * the public API keeps: the leases handed out, the broker's hello). The
+ * other file reads or changes them only through the functions below. c->mu
+ * guards both parts, so that a lease cannot be created on a connection
+ * that is closing.
+ */
 struct uvmlease {
+    /* ---- conn.c */
     pthread_mutex_t mu;
-    pthread_cond_t idle_cv; /* background work finished (close waits on it) */
+    pthread_cond_t idle_cv; /* background work or a call finished */
     pid_t pid;              /* creator: handles do not cross fork() */
     char endpoint[256 + 8];
     void *zctx;
@@ -73,30 +84,24 @@ struct uvmlease {
     int wakefd;
     pthread_t io;
     bool io_started;
-    bool closing;        /* close() began: calls fail with ECLOSED */
-    bool stop;           /* the I/O thread must exit; no more background work */
-    unsigned refs;       /* the user's handle, lease handles, calls in progress */
-    unsigned lease_refs; /* of refs, the lease handles */
-    ul_list reqs;        /* ul_req.link, in send order */
-    ul_list leases;      /* uvmlease_lease.link */
+    bool closing;   /* close() began: calls fail with ECLOSED */
+    bool stop;      /* the I/O thread must exit; no more background work */
+    unsigned refs;  /* the user's handle, lease handles, calls in progress */
+    unsigned calls; /* of refs, the calls in progress */
+    ul_list reqs;   /* ul_req.link, in send order */
     bool have_bi;
     uint64_t bi;         /* broker instance id last seen */
     uint64_t last_rx_ms; /* last message from the broker, monotonic */
     uint64_t next_ping_ms;
-    uint32_t broker_pid; /* from hello */
-    char server[UL_MAX_CLIENT + 1];
+    ul_client_revoked_fn on_revoked;
     ul_client_event_fn on_event;
     void *event_ctx;
-};
+    bool in_event; /* on_event is running */
 
-struct uvmlease_lease {
-    ul_list link; /* in uvmlease.leases until released or the connection closes */
-    uvmlease *conn;
-    uint64_t id;
-    uint64_t fence;
-    bool linked;
-    bool revoked;
-    char uvm[UL_MAX_UVM + 1];
+    /* ---- uvmlease.c */
+    ul_list leases;      /* uvmlease_lease.link */
+    uint32_t broker_pid; /* from hello */
+    char server[UL_MAX_CLIENT + 1];
 };
 
 /* A fresh rid: one process-wide counter with a random start, never 0. */
@@ -126,29 +131,62 @@ void ul_client_reply_free(ul_reply *rep);
  * Caller holds c->mu. */
 void ul_client_release_bg_locked(uvmlease *c, uint64_t lease);
 
-/* Reference counting: ul_client_enter() takes a reference for a call in
- * progress (0 or ECLOSED); unref drops one and frees a closed connection
- * when it was the last. close() waits (bounded) for calls in progress to
- * leave before it stops the I/O thread, so that what they still have to
- * tell the broker (a grant that came too late) is sent. */
-int ul_client_enter(uvmlease *c);
-void ul_client_unref(uvmlease *c);
+/* ---- a connection's life (conn.c) */
 
-/* Wait-context setup with a CLOCK_MONOTONIC condition variable. */
-int ul_waitctx_init(ul_waitctx *w, uvmlease *c);
-void ul_waitctx_destroy(ul_waitctx *w);
+/* A connection to endpoint (already resolved) with no I/O thread yet, one
+ * reference (the user's handle). on_revoked is told of every "revoked"
+ * message. 0 or ENOMEM. */
+int ul_client_new(const char *endpoint, ul_client_revoked_fn on_revoked, uvmlease **out);
 
-/* Start / stop the I/O thread and socket (conn.c). */
+/* Start the I/O thread and socket. 0 or ESYSTEM (errno set). */
 int ul_client_io_start(uvmlease *c);
+
+/* Close, in two steps. begin_close (c->mu held) makes every call in
+ * progress and every later one fail with ECLOSED, and ul_client_hold_locked
+ * refuse; the lease owner then queues what its leases still need, before
+ * the lock is dropped. shutdown waits (bounded) for calls in progress and
+ * background work, then stops the I/O thread; calling it alone is fine. */
+void ul_client_begin_close_locked(uvmlease *c);
 void ul_client_shutdown(uvmlease *c);
 
-/* Deliver unasked "event" messages (watch) to fn, called on the I/O
- * thread without locks held. fn must not wait on this connection (its
- * answers arrive on that very thread). */
+/*
+ * References. enter takes one for a call in progress (0 or ECLOSED) and
+ * leave gives it back; hold_locked takes one for a lease handle (0, or
+ * ECLOSED once closing), given back with unref. The last unref frees a
+ * closed connection. close() waits (bounded) for calls in progress to
+ * leave before it stops the I/O thread, so that what they still have to
+ * tell the broker (a grant that came too late) is sent.
+ */
+int ul_client_enter(uvmlease *c);
+void ul_client_leave(uvmlease *c);
+int ul_client_hold_locked(uvmlease *c);
+void ul_client_unref(uvmlease *c);
+
+/* Wait-context setup with a CLOCK_MONOTONIC condition variable. cancel
+ * makes the call waiting on w return ECANCELLED (any thread; takes the
+ * connection mutex). */
+int ul_waitctx_init(ul_waitctx *w, uvmlease *c);
+void ul_waitctx_destroy(ul_waitctx *w);
+void ul_waitctx_cancel(ul_waitctx *w);
+
+/* ---- events: how `uvmleasectl watch` receives what it subscribed to */
+
+/*
+ * Hand every "event" message (the stream a UL_OP_WATCH request subscribes
+ * the connection to) to fn(ctx, ev), in the broker's order, on the I/O
+ * thread and without locks held; ev is valid during the call only. fn must
+ * not wait on this connection: its answers arrive on that very thread.
+ * Replaces any previous handler; NULL stops delivery. On return the old
+ * handler is not running and will not be called again (unless this is
+ * called from within it), so its ctx may be freed. Events that arrive
+ * without a handler are dropped.
+ */
 void ul_client_on_event(uvmlease *c, ul_client_event_fn fn, void *ctx);
 
-/* Tests: acquires with a waiting caller that the broker has queued; and
- * every request record not yet settled (calls and background work). */
+/* ---- test hooks */
+
+/* Acquires with a waiting caller that the broker has queued; and every
+ * request record not yet settled (calls and background work). */
 unsigned ul_client_queued(uvmlease *c);
 unsigned ul_client_outstanding(uvmlease *c);
 

@@ -1,6 +1,8 @@
 /*
  * uvmlease.c — the public API of libuvmlease: connecting, leases, cancel
- * tokens and status strings. The I/O machinery is in conn.c.
+ * tokens and status strings. The I/O machinery and the connection's life
+ * are in conn.c; this file owns the lease handles and the cancel tokens,
+ * and alone changes them.
  */
 #include "uvmlease.h"
 
@@ -25,6 +27,22 @@ _Static_assert(UVMLEASE_VERSION_MAX == UL_MAX_CLIENT, "version size");
 _Static_assert(UVMLEASE_FOREVER == UL_TIMEOUT_FOREVER, "forever");
 
 #define IPC_PREFIX "ipc://"
+
+struct uvmlease_lease {
+    ul_list link; /* in uvmlease.leases until released or the connection closes */
+    uvmlease *conn;
+    uint64_t id;
+    uint64_t fence;
+    bool linked;
+    bool revoked;
+    char uvm[UL_MAX_UVM + 1];
+};
+
+struct uvmlease_cancel_token {
+    pthread_mutex_t mu; /* lock order: token, then connection */
+    bool cancelled;
+    ul_list waiters; /* ul_waitctx.tok_link */
+};
 
 /* -------------------------------------------------------------- endpoint */
 
@@ -100,32 +118,30 @@ static int s_probe(const char *ep)
 
 /* ------------------------------------------------------------ connection */
 
-static int s_conn_new(const char *ep, uvmlease **out)
+/* conn.c's on_revoked: the broker took a lease away. Its handle says so
+ * from now on. */
+static void s_on_revoked_locked(uvmlease *c, uint64_t lease)
 {
-    uvmlease *c = calloc(1, sizeof *c);
-    if (!c)
-        return UVMLEASE_ENOMEM;
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a) != 0) {
-        free(c);
-        return UVMLEASE_ENOMEM;
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->leases)
+    {
+        uvmlease_lease *l = ul_container_of(pos, uvmlease_lease, link);
+        if (l->id == lease)
+            l->revoked = true;
     }
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&c->idle_cv, &a);
-    pthread_condattr_destroy(&a);
-    if (rc != 0) {
-        free(c);
-        return UVMLEASE_ENOMEM;
+}
+
+/* Close: the user's lease handles stay valid (their calls fail with
+ * ECLOSED), and the broker is told to release what is still held. */
+static void s_leases_drop_locked(uvmlease *c)
+{
+    while (!ul_list_empty(&c->leases)) {
+        uvmlease_lease *l = ul_container_of(c->leases.next, uvmlease_lease, link);
+        ul_list_remove(&l->link);
+        l->linked = false;
+        if (!l->revoked)
+            ul_client_release_bg_locked(c, l->id);
     }
-    pthread_mutex_init(&c->mu, NULL);
-    ul_list_init(&c->reqs);
-    ul_list_init(&c->leases);
-    c->pid = getpid();
-    c->refs = 1;
-    c->wakefd = -1;
-    snprintf(c->endpoint, sizeof c->endpoint, "%s", ep);
-    *out = c;
-    return 0;
 }
 
 int uvmlease_connect(const char *endpoint, uvmlease **out)
@@ -141,9 +157,10 @@ int uvmlease_connect(const char *endpoint, uvmlease **out)
         return rc;
 
     uvmlease *c;
-    rc = s_conn_new(ep, &c);
+    rc = ul_client_new(ep, s_on_revoked_locked, &c);
     if (rc)
         return rc;
+    ul_list_init(&c->leases); /* before the I/O thread can report a revocation */
     rc = ul_client_io_start(c);
     if (!rc) {
         ul_request q;
@@ -176,6 +193,10 @@ void uvmlease_close(uvmlease *c)
      * thread does not exist: leave the inherited copy alone. */
     if (!ul_client_usable(c))
         return;
+    pthread_mutex_lock(&c->mu);
+    ul_client_begin_close_locked(c);
+    s_leases_drop_locked(c);
+    pthread_mutex_unlock(&c->mu);
     ul_client_shutdown(c);
     ul_client_unref(c);
 }
@@ -218,11 +239,10 @@ static int s_lease_new(uvmlease *c, const ul_reply *rep, uvmlease_lease **out)
 {
     uvmlease_lease *l = calloc(1, sizeof *l);
     pthread_mutex_lock(&c->mu);
-    int rc = 0;
-    if (!l || c->closing) {
+    int rc = l ? ul_client_hold_locked(c) : UVMLEASE_ENOMEM;
+    if (rc) {
         /* Nobody will ever release it: do it now. */
         ul_client_release_bg_locked(c, rep->lease);
-        rc = l ? UVMLEASE_ECLOSED : UVMLEASE_ENOMEM;
     } else {
         l->conn = c;
         l->id = rep->lease;
@@ -230,8 +250,6 @@ static int s_lease_new(uvmlease *c, const ul_reply *rep, uvmlease_lease **out)
         snprintf(l->uvm, sizeof l->uvm, "%s", rep->uvm);
         ul_list_insert_tail(&c->leases, &l->link);
         l->linked = true;
-        c->refs++;
-        c->lease_refs++;
     }
     pthread_mutex_unlock(&c->mu);
     if (rc) {
@@ -273,7 +291,7 @@ int uvmlease_acquire(uvmlease *c, const char *uvm_id, unsigned flags, const char
     ul_waitctx w;
     rc = ul_waitctx_init(&w, c);
     if (rc) {
-        ul_client_unref(c);
+        ul_client_leave(c);
         return rc;
     }
     /* The broker's deadline decides; ours only covers a broker that went
@@ -300,7 +318,7 @@ int uvmlease_acquire(uvmlease *c, const char *uvm_id, unsigned flags, const char
             rc = s_lease_new(c, rep, lease_out);
     }
     ul_client_reply_free(rep);
-    ul_client_unref(c);
+    ul_client_leave(c);
     return rc;
 }
 
@@ -341,7 +359,7 @@ static int s_lease_call(uvmlease_lease *l, ul_request *q)
         l->revoked = true;
         pthread_mutex_unlock(&c->mu);
     }
-    ul_client_unref(c);
+    ul_client_leave(c);
     return rc;
 }
 
@@ -383,7 +401,6 @@ int uvmlease_release(uvmlease_lease *lease)
     pthread_mutex_lock(&c->mu);
     if (lease->linked)
         ul_list_remove(&lease->link);
-    c->lease_refs--;
     pthread_mutex_unlock(&c->mu);
     free(lease);
     ul_client_unref(c);
@@ -416,7 +433,7 @@ int uvmlease_ping(uvmlease *c, uvmlease_ping_info *info)
         info->journal = !strcmp(rep->journal, "ok") ? 1 : !strcmp(rep->journal, "failing") ? 0 : -1;
     }
     ul_client_reply_free(rep);
-    ul_client_unref(c);
+    ul_client_leave(c);
     return rc;
 }
 
@@ -446,11 +463,7 @@ void uvmlease_cancel(uvmlease_cancel_token *t)
     ul_list *pos, *tmp;
     ul_list_foreach_safe(pos, tmp, &t->waiters)
     {
-        ul_waitctx *w = ul_container_of(pos, ul_waitctx, tok_link);
-        pthread_mutex_lock(&w->conn->mu);
-        w->cancel = true;
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&w->conn->mu);
+        ul_waitctx_cancel(ul_container_of(pos, ul_waitctx, tok_link));
     }
     pthread_mutex_unlock(&t->mu);
 }

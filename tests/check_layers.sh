@@ -54,10 +54,18 @@ client/uvmlease.h 10 peers
 client/ul_client.h 11 peers
 client/conn 11 peers
 client/uvmlease.c 12 peers
-client/ctl 20 peers
+client/ctl_table 19 peers
+client/ctl_signal 19 peers
 client/ctl_output 20 peers
-client/ctl_admin 21 peers
-client/uvmleasectl 22 peers
+client/ctl_output_text 20 peers
+client/ctl_output_json 20 peers
+client/ctl_output_prom 20 peers
+client/ctl.h 21 peers
+client/ctl_parse 22 peers
+client/ctl_request 22 peers
+client/ctl_run 22 peers
+client/ctl_watch 22 peers
+client/uvmleasectl 23 peers
 '
 # Files that are built from several modules' headers but are not modules
 # of their own (none today).

@@ -1163,3 +1163,97 @@ Test(fake, garbage_and_strays_are_ignored)
     fake_release(f, a.lease, 41);
     uvmlease_close(c);
 }
+
+/* ---------------------------------------------- events (what watch uses) */
+
+typedef struct ev_sink {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t seen[4];
+    int n;
+    bool inside, let_go;
+} ev_sink;
+
+/* Records each event; holds on to the second until told to let go. */
+static void s_ev_record(void *ctx, const ul_reply *ev)
+{
+    ev_sink *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    if (s->n < 4)
+        s->seen[s->n++] = ev->event.at_ms;
+    s->inside = true;
+    pthread_cond_broadcast(&s->cv);
+    while (s->n == 2 && !s->let_go)
+        pthread_cond_wait(&s->cv, &s->mu);
+    s->inside = false;
+    pthread_mutex_unlock(&s->mu);
+}
+
+typedef struct ev_clear {
+    pthread_t t;
+    uvmlease *c;
+    ev_sink *s;
+    atomic_bool returned;
+    bool inside_at_return;
+} ev_clear;
+
+static void *s_ev_clear_main(void *p)
+{
+    ev_clear *x = p;
+    ul_client_on_event(x->c, NULL, NULL);
+    pthread_mutex_lock(&x->s->mu);
+    x->inside_at_return = x->s->inside;
+    pthread_mutex_unlock(&x->s->mu);
+    atomic_store(&x->returned, true);
+    return NULL;
+}
+
+static void fake_event(fake *f, uint64_t at)
+{
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    r.kind = UL_MSG_EVENT;
+    r.event.type = UL_EV_GRANT;
+    r.event.at_ms = at;
+    snprintf(r.event.uvm, sizeof r.event.uvm, UVM_A);
+    fake_send(f, &r);
+}
+
+Test(fake, events_arrive_in_order_and_clearing_the_handler_waits_for_it)
+{
+    fake *f = &s_fake;
+    uvmlease *c = fake_conn(f);
+    ev_sink s = {.n = 0};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    ul_client_on_event(c, s_ev_record, &s);
+    fake_event(f, 1);
+    fake_event(f, 2);
+    pthread_mutex_lock(&s.mu);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 5;
+    while (s.n < 2)
+        cr_assert_eq(pthread_cond_timedwait(&s.cv, &s.mu, &ts), 0, "events not delivered");
+    pthread_mutex_unlock(&s.mu);
+    cr_assert_eq(s.seen[0], 1);
+    cr_assert_eq(s.seen[1], 2);
+
+    /* The handler is inside the second event: clearing it must wait. */
+    ev_clear x = {.c = c, .s = &s};
+    pthread_create(&x.t, NULL, s_ev_clear_main, &x);
+    struct timespec pause = {0, 100 * 1000000L}; /* what must not happen */
+    nanosleep(&pause, NULL);
+    cr_assert(!atomic_load(&x.returned), "cleared while the handler still ran");
+    pthread_mutex_lock(&s.mu);
+    s.let_go = true;
+    pthread_cond_broadcast(&s.cv);
+    pthread_mutex_unlock(&s.mu);
+    pthread_join(x.t, NULL);
+    cr_assert(!x.inside_at_return, "the handler was still running");
+
+    /* Without a handler, events are dropped. */
+    fake_event(f, 3);
+    uvmlease_close(c);
+    cr_assert_eq(s.n, 2);
+}

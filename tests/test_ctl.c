@@ -1706,6 +1706,8 @@ Test(ctl, format_durations_times_seconds_and_short_ids)
     cr_assert_str_eq(b, "0ms");
     ctl_fmt_ms(1200, b, sizeof b);
     cr_assert_str_eq(b, "1.2s");
+    ctl_fmt_ms(93900000, b, sizeof b);
+    cr_assert_str_eq(b, "1d02h", "one format everywhere, run's refusal included");
     ctl_fmt_time(1795773635422ULL, b, sizeof b);
     cr_assert_str_eq(b, "2026-11-27T10:00:35.422Z");
     ctl_fmt_seconds(1000, b, sizeof b);

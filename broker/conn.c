@@ -644,11 +644,14 @@ int ul_conn_identify(uvmlease_broker *b, zmq_msg_t *msg, ul_peer *peer, const ch
 
 bproc *ul_conn_peer_proc(uvmlease_broker *b, const ul_peer *peer, int *err)
 {
-    bproc *p = ul_broker_proc_get(b, peer->pid, peer->uid, err);
+    /* ul_conn_identify saw the pin alive for this very message. */
+    const cpin *pin = peer->pin;
+    bproc *p = pin && !pin->why
+                   ? ul_broker_proc_get_pinned(b, peer->pid, peer->uid, pin->start_time, err)
+                   : ul_broker_proc_get(b, peer->pid, peer->uid, err);
     if (!p)
         return NULL;
-    const cpin *pin = peer->pin;
-    if (!pin || pin->why || p->start_time != pin->start_time || !ul_pidfd_alive(pin->pidfd)) {
+    if (!pin || pin->why || p->start_time != pin->start_time) {
         ul_broker_proc_maybe_forget(b, p);
         *err = UVMLEASE_EPEER;
         return NULL;

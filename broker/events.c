@@ -1,9 +1,9 @@
 /*
  * events.c — what the broker does when the lease table reports an event
  * (lt_config.on_event). A small dispatcher hands each event to handlers
- * that do one thing each — log it, persist it, tell the client it
- * concerns, feed the watchers and histograms, account for the process —
- * in that order (the last one frees the reply routes the others use). Runs
+ * that do one thing each — persist it, tell the client it concerns, log
+ * it, feed the watchers and histograms, account for the process — in that
+ * order (the last one frees the reply routes the others use). Runs
  * inside a table call: nothing here calls back into the table.
  */
 #include "events.h"
@@ -190,7 +190,9 @@ static void s_account(uvmlease_broker *b, const lt_event *ev)
 
 typedef void (*s_handler)(uvmlease_broker *b, const lt_event *ev);
 
-static const s_handler s_handlers[] = {s_log, s_persist, s_notify, ul_watch_table_event, s_account};
+/* The client hears first; logging and watchers follow (they cost writes
+ * the client need not wait for). */
+static const s_handler s_handlers[] = {s_persist, s_notify, s_log, ul_watch_table_event, s_account};
 
 void ul_broker_on_event(void *ctx, const lt_event *ev)
 {

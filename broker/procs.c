@@ -121,6 +121,23 @@ static int s_proc_grow(uvmlease_broker *b)
     return 0;
 }
 
+bproc *ul_broker_proc_get_pinned(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64_t start,
+                                 int *err)
+{
+    /* The connection's pinned process was seen alive for this message:
+     * the tracked process with its start time is that one, and polling its
+     * pidfd again would only cost a system call per message. */
+    bproc *p = s_proc_find(b, pid);
+    if (p && p->start_time == start) {
+        if (ul_list_linked(&p->idle_link)) {
+            ul_list_remove(&p->idle_link);
+            b->n_idle--;
+        }
+        return p;
+    }
+    return ul_broker_proc_get(b, pid, uid, err);
+}
+
 /*
  * The tracked process for a peer pid, created on first use: pidfd first,
  * then the start time, so the start time read belongs to the process the

@@ -13,6 +13,10 @@
  * pidfd watches. NULL with *err set (EPEER: already gone; ERESOURCE;
  * ENOMEM). */
 bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *err);
+/* As ul_broker_proc_get for a pid whose process (with start time start)
+ * is known to run now: no liveness check for the tracked one. */
+bproc *ul_broker_proc_get_pinned(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64_t start,
+                                 int *err);
 /* Queue p among the idle if it has nothing left (forgetting the oldest
  * idle ones beyond a bound). Safe on NULL. */
 void ul_broker_proc_maybe_forget(uvmlease_broker *b, bproc *p);

@@ -28,7 +28,9 @@
 #include "ul_proto.h"
 #include "uvmlease_broker.h"
 
-/* A ZeroMQ routing id: where to send a reply or an unasked message. */
+/* A ZeroMQ routing id: where to send a reply or an unasked message. Heap
+ * copies (a lease's or waiter's user pointer) are allocated only as long
+ * as len: read no further than id[len - 1], never copy the struct whole. */
 typedef struct broute {
     uint8_t len;
     uint8_t id[255];

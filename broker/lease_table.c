@@ -43,6 +43,10 @@ struct lt_table {
 
 /* ---- allocation */
 
+static void *s_realloc(lt_table *t, void *p, size_t n)
+{
+    return lt_alloc_resize(&t->al, p, n);
+}
 
 static void *s_zalloc(lt_table *t, size_t n)
 {
@@ -200,7 +204,7 @@ static lt_uvm *s_uvm_create(lt_table *t, const char *id, size_t len, uint64_t ha
 {
     if (t->cfg.max_active > 0 && lt_ready_reserve(&t->ready, &t->al, t->stats.uvms + 1) < 0)
         return NULL;
-    lt_uvm *u = s_zalloc(t, sizeof *u);
+    lt_uvm *u = s_zalloc(t, sizeof *u + len + 1);
     if (!u)
         return NULL;
     memcpy(u->id, id, len);
@@ -233,16 +237,32 @@ static void s_uvm_settle(lt_table *t, lt_uvm *u)
 
 /* ---- leases and waiters */
 
-static lt_lease *s_lease_alloc(lt_table *t)
+/* A lease with its label (copied, exact size). */
+static lt_lease *s_lease_alloc(lt_table *t, const char *label)
 {
+    size_t n = strlen(label ? label : "") + 1;
     lt_lease *l = s_zalloc(t, sizeof *l);
-    if (!l)
+    char *lab = l ? s_zalloc(t, n) : NULL;
+    if (!lab) {
+        s_free(t, l);
         return NULL;
+    }
+    memcpy(lab, label ? label : "", n);
+    l->label = lab;
     ul_list_init(&l->uvm_link);
     ul_list_init(&l->owner_link);
     ul_list_init(&l->child_link);
     ul_list_init(&l->warn_link);
     return l;
+}
+
+static void s_lease_free(lt_table *t, lt_lease *l)
+{
+    if (!l)
+        return;
+    s_free(t, l->label);
+    s_free(t, l->phases);
+    s_free(t, l);
 }
 
 static lt_lease *s_lease_by_rid(lt_table *t, const lt_owner *o, uint64_t rid)
@@ -348,7 +368,7 @@ static void s_lease_end(lt_table *t, lt_lease *l, lt_reason reason, uint64_t now
     }
     s_emit(t,
            &(lt_event){.type = LT_EV_RELEASED, .uvm = u, .lease = l, .reason = reason, .now = now});
-    s_free(t, l);
+    s_lease_free(t, l);
 }
 
 static void s_waiter_unlink(lt_table *t, lt_waiter *w)
@@ -364,7 +384,7 @@ static void s_waiter_unlink(lt_table *t, lt_waiter *w)
 
 static void s_waiter_destroy(lt_table *t, lt_waiter *w)
 {
-    s_free(t, w->spare);
+    s_lease_free(t, w->spare);
     s_free(t, w);
 }
 
@@ -406,8 +426,7 @@ static bool s_grant_waiter(lt_table *t, lt_waiter *w, uint64_t now)
 {
     lt_uvm *u = w->uvm;
     lt_lease *l = w->spare;
-    l->rid = w->rid;
-    memcpy(l->label, w->label, sizeof l->label);
+    l->rid = w->rid; /* its label is the spare's already */
     l->user = w->user;
     l->waited_ms = now - w->enqueued_at;
     s_lease_fill(t, u, l, w->owner, now);
@@ -558,7 +577,7 @@ void lt_free(lt_table **tp)
     {
         lt_uvm *u = ul_container_of(n, lt_uvm, all_link);
         ul_list_foreach_safe(m, mtmp, &u->holders)
-            s_free(t, ul_container_of(m, lt_lease, uvm_link));
+            s_lease_free(t, ul_container_of(m, lt_lease, uvm_link));
         ul_list_foreach_safe(m, mtmp, &u->waiters)
             s_waiter_destroy(t, ul_container_of(m, lt_waiter, uvm_link));
         s_free(t, u);
@@ -738,7 +757,6 @@ static bool s_grant_now(lt_table *t, lt_uvm *u, lt_lease *l, lt_owner *o, const 
                         uint64_t now)
 {
     l->rid = a->rid;
-    s_copy(l->label, a->label ? a->label : "", LT_MAX_LABEL);
     l->user = a->user;
     l->waited_ms = 0;
     s_lease_fill(t, u, l, o, now);
@@ -757,7 +775,7 @@ static void s_enqueue(lt_table *t, lt_uvm *u, lt_waiter *w, lt_lease *l, lt_owne
     w->uvm = u;
     w->owner = o;
     w->confidential = a->confidential;
-    s_copy(w->label, a->label ? a->label : "", LT_MAX_LABEL);
+    w->label = l->label; /* owned by the spare lease */
     w->enqueued_at = now;
     w->timeout_ms = a->timeout_ms;
     w->deadline = deadline;
@@ -832,7 +850,7 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
      * also needed when an immediate grant may fail to be recorded: the
      * acquire then waits like any other. */
     uint64_t deadline = a->timeout_ms < 0 ? LT_NEVER : s_sat_add(now, (uint64_t)a->timeout_ms);
-    lt_lease *l = s_lease_alloc(t);
+    lt_lease *l = s_lease_alloc(t, a->label);
     lt_waiter *w = NULL;
     bool ok = l != NULL;
     if (ok && (!now_ok || (excl && a->timeout_ms != 0 && t->cfg.persist))) {
@@ -842,7 +860,7 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
     if (ok && !u)
         ok = (u = s_uvm_create(t, a->uvm, len, h)) != NULL;
     if (!ok) {
-        s_free(t, l);
+        s_lease_free(t, l);
         s_free(t, w);
         return UVMLEASE_ENOMEM;
     }
@@ -860,7 +878,7 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         return 0;
     }
     if (!w) { /* a try whose record could not be written */
-        s_free(t, l);
+        s_lease_free(t, l);
         s_uvm_settle(t, u);
         t->stats.busy_refusals++;
         return UVMLEASE_EJOURNAL;
@@ -893,15 +911,14 @@ int lt_restore(lt_table *t, lt_owner *o, const lt_restore_args *a, uint64_t now)
      * the broker granted. */
     if (u && u->n_holders > 0 && s_excl_class(t, a->confidential))
         return UVMLEASE_EBUSY;
-    lt_lease *l = s_lease_alloc(t);
+    lt_lease *l = s_lease_alloc(t, label);
     if (!l || (!u && !(u = s_uvm_create(t, a->uvm, len, h)))) {
-        s_free(t, l);
+        s_lease_free(t, l);
         return UVMLEASE_ENOMEM;
     }
     u->class_set = true;
     u->confidential = a->confidential;
     l->rid = a->rid;
-    s_copy(l->label, label, LT_MAX_LABEL);
     l->id = a->lease_id;
     l->fence = a->fence;
     if (t->lease_id < a->lease_id)
@@ -1002,6 +1019,17 @@ int lt_phase(lt_table *t, lt_owner *o, uint64_t lease_id, const char *phase, uin
         return UVMLEASE_EINVAL;
     if (strnlen(phase, LT_MAX_PHASE + 1) > LT_MAX_PHASE)
         return UVMLEASE_EBADTEXT;
+    /* The history grows as phases are reported (most leases see a few):
+     * the only allocation, made before anything changes. */
+    if (l->n_phases == l->cap_phases && l->cap_phases < LT_PHASES_MAX) {
+        uint32_t ncap = l->cap_phases ? l->cap_phases * 2 : 2;
+        ncap = ncap < LT_PHASES_MAX ? ncap : LT_PHASES_MAX;
+        lt_phase_rec *n = s_realloc(t, l->phases, ncap * sizeof *n);
+        if (!n)
+            return UVMLEASE_ENOMEM;
+        l->phases = n;
+        l->cap_phases = ncap;
+    }
     now = s_clock(t, now);
     s_copy(l->phase, phase, LT_MAX_PHASE);
     l->phase_at = now;

@@ -58,7 +58,6 @@ typedef struct lt_phase_rec {
     uint64_t at_ms;
 } lt_phase_rec;
 
-
 typedef struct lt_table lt_table;
 typedef struct lt_uvm lt_uvm;
 typedef struct lt_owner lt_owner;
@@ -172,14 +171,15 @@ struct lt_lease {
     uint32_t pid;    /* the owner's pid; kept after the owner exits */
     bool exclusive;
     bool overdue;
-    char label[LT_MAX_LABEL + 1];
+    char *label; /* owned, exactly as long as it is (never NULL) */
     char phase[LT_MAX_PHASE + 1];
-    uint64_t granted_at; /* monotonic ms */
-    uint64_t phase_at;   /* monotonic ms */
-    uint64_t waited_ms;  /* time spent queued before the grant */
-    uint32_t n_phases;   /* history, oldest first; newest kept when full */
-    lt_phase_rec phases[LT_PHASES_MAX];
-    void *user; /* broker's per-lease data */
+    uint64_t granted_at;  /* monotonic ms */
+    uint64_t phase_at;    /* monotonic ms */
+    uint64_t waited_ms;   /* time spent queued before the grant */
+    uint32_t n_phases;    /* history, oldest first; newest kept when full */
+    uint32_t cap_phases;  /* entries allocated (grown up to LT_PHASES_MAX) */
+    lt_phase_rec *phases; /* NULL until the first phase is reported */
+    void *user;           /* broker's per-lease data */
     /* private */
     ul_list uvm_link;
     ul_list owner_link;
@@ -194,7 +194,7 @@ struct lt_waiter {
     lt_uvm *uvm;
     lt_owner *owner;
     bool confidential;
-    char label[LT_MAX_LABEL + 1];
+    const char *label;    /* the spare lease's label (owned there) */
     uint64_t enqueued_at; /* monotonic ms */
     int64_t timeout_ms;   /* as requested: -1 forever */
     uint64_t deadline;    /* LT_NEVER for forever */
@@ -216,7 +216,6 @@ typedef struct lt_last_release {
 } lt_last_release;
 
 struct lt_uvm {
-    char id[LT_MAX_UVM + 1];
     bool class_set;
     bool confidential;
     bool draining;
@@ -233,6 +232,7 @@ struct lt_uvm {
     ul_list all_link;   /* every UVM, creation order */
     ul_list quar_link;  /* quarantined, expiry order */
     uint32_t ready_idx; /* slot in the cap-ready heap, UINT32_MAX if none */
+    char id[];          /* the UVM id, allocated with the entry */
 };
 
 /* Counters kept by the table. */
@@ -349,7 +349,8 @@ int lt_release(lt_table *t, lt_owner *o, uint64_t lease_id, uint64_t now);
  * own calls). */
 int lt_release_as(lt_table *t, lt_owner *o, uint64_t lease_id, lt_reason reason, uint64_t now);
 
-/* Record a phase for the owner's lease. 0, ENOLEASE, ENOTOWNER, EREVOKED. */
+/* Record a phase for the owner's lease. 0, ENOLEASE, ENOTOWNER, EREVOKED, or
+ * ENOMEM (the history could not grow; nothing changed). */
 int lt_phase(lt_table *t, lt_owner *o, uint64_t lease_id, const char *phase, uint64_t now);
 
 /* Make `child` (a direct child process, checked by the caller) a second

@@ -5,6 +5,7 @@
  * Every request reaching here was decoded and validated by the codec; the
  * caller's identity is the kernel's (ul_peer), never a message field.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,11 +28,15 @@ static void s_reply_ok(uvmlease_broker *b, const ul_peer *peer, const ul_request
     ul_broker_send(b, peer->route, &rep);
 }
 
+/* A copy of the route as long as it is (routing ids are a few bytes: a
+ * held lease keeps one). */
 static broute *s_route_copy(const broute *r)
 {
-    broute *c = malloc(sizeof *c);
-    if (c)
-        *c = *r;
+    broute *c = malloc(offsetof(broute, id) + r->len);
+    if (c) {
+        c->len = r->len;
+        memcpy(c->id, r->id, r->len);
+    }
     return c;
 }
 
@@ -105,10 +110,9 @@ static void s_acquire(uvmlease_broker *b, const ul_peer *peer, const ul_request 
     int rc = lt_acquire(b->table, p->owner, &a, now, &res);
     if (rc == 0 && res.resent) {
         /* Later messages follow the connection the re-send came on. */
-        broute *cur = res.lease ? res.lease->user : res.waiter->user;
-        if (cur)
-            *cur = *route;
-        free(route);
+        void **cur = res.lease ? &res.lease->user : &res.waiter->user;
+        free(*cur);
+        *cur = route;
         if (res.lease)
             s_reply_granted(b, peer, req, res.lease);
         else

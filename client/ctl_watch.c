@@ -15,7 +15,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "ctl.h"
@@ -37,14 +36,12 @@ typedef struct watch_queue {
     size_t first, n;
     uint64_t dropped;
     bool stop; /* a stop signal came */
-    int efd;   /* eventfd: something was queued, or stop */
+    int efd;   /* wake-up event (ul_sys.h): something was queued, or stop */
 } watch_queue;
 
 static void s_wake(watch_queue *wq)
 {
-    uint64_t one = 1;
-    ssize_t w = write(wq->efd, &one, sizeof one);
-    (void)w; /* EAGAIN: the counter is saturated, the main thread wakes anyway */
+    ul_wakeup_signal(wq->efd);
 }
 
 static void s_on_event(void *ctx, const ul_reply *rep)
@@ -73,9 +70,7 @@ static void s_on_signal(void *ctx, int sig, const siginfo_t *si)
 /* Print what is queued. 0, or -1 when the output failed. */
 static int s_print(watch_queue *wq, ctl_out *out)
 {
-    uint64_t v;
-    ssize_t r = read(wq->efd, &v, sizeof v);
-    (void)r;
+    ul_wakeup_clear(wq->efd);
     for (;;) {
         ul_event e;
         pthread_mutex_lock(&wq->mu);
@@ -205,7 +200,7 @@ int ctl_watch(const ctl_cmd *cmd, const ctl_opts *g, const ctl_args *a)
     watch_queue wq;
     memset(&wq, 0, sizeof wq);
     pthread_mutex_init(&wq.mu, NULL);
-    wq.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    wq.efd = ul_wakeup_new();
     wq.ev = calloc(WATCH_QUEUE, sizeof *wq.ev);
     int code = CTL_EXIT_FAIL;
     uvmlease *c = NULL;

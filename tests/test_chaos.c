@@ -135,27 +135,6 @@ static pid_t s_daemon_spawn(const chaos *c)
     return pid;
 }
 
-/* Ready: a ping round trip answered. */
-static bool s_ready(const char *ep, int timeout_ms)
-{
-    uint64_t deadline = ul_now_ms() + (uint64_t)timeout_ms;
-    while (ul_now_ms() < deadline) {
-        struct stat st;
-        if (stat(ep + 6, &st) == 0) {
-            void *s = ut_dealer(ep);
-            ul_request q;
-            ul_reply r;
-            memset(&r, 0, sizeof r);
-            ut_req(&q, UL_OP_PING);
-            int rc = ut_call(s, &q, &r, 200);
-            ut_dealer_close(s);
-            if (rc == 0 && r.err == 0)
-                return true;
-        }
-        s_nap_ms(1);
-    }
-    return false;
-}
 
 /* ------------------------------------------------------------- workers */
 
@@ -410,7 +389,7 @@ Test(chaos, kill9_restarts_under_load_never_overlap)
     close(lfd);
 
     c.daemon = s_daemon_spawn(&c);
-    cr_assert(s_ready(c.ep, 10000), "uvmleased did not answer");
+    cr_assert(ut_ping_until(c.ep, 10000), "uvmleased did not answer");
 
     shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     cr_assert_neq(sh, MAP_FAILED);
@@ -457,7 +436,7 @@ Test(chaos, kill9_restarts_under_load_never_overlap)
         kills[n_kills++] = s_mono_ns();
         cr_assert_eq(ut_wait_code(c.daemon, 10000), 1000 + SIGKILL);
         c.daemon = s_daemon_spawn(&c);
-        if (!s_ready(c.ep, 10000)) {
+        if (!ut_ping_until(c.ep, 10000)) {
             s_tail(c.daemon_log);
             cr_assert_fail("restart %d: uvmleased did not answer", i);
         }

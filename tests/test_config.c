@@ -80,26 +80,6 @@ static int s_run(run *r, char *const args[])
     return ut_wait_code(s_spawn(r, args), 10000);
 }
 
-static bool s_ping(const char *ep, int timeout_ms)
-{
-    uint64_t deadline = ul_now_ms() + (uint64_t)timeout_ms;
-    while (ul_now_ms() < deadline) {
-        struct stat st;
-        if (stat(ep + 6, &st) == 0) {
-            void *s = ut_dealer(ep);
-            ul_request q;
-            ul_reply rep;
-            memset(&rep, 0, sizeof rep);
-            ut_req(&q, UL_OP_PING);
-            int rc = ut_call(s, &q, &rep, 500);
-            ut_dealer_close(s);
-            if (rc == 0 && rep.err == 0)
-                return true;
-        }
-        usleep(2000);
-    }
-    return false;
-}
 
 /* The error on stderr: exit 2, and it names file:line and what is wrong. */
 static void s_expect_error(run *r, const char *text, int line, const char *what)
@@ -266,7 +246,7 @@ Test(config, a_running_daemon_uses_the_file)
     s_write(r.conf, text);
     snprintf(ep, sizeof ep, "ipc://%s/rt/broker.sock", r.dir);
     pid_t pid = s_spawn(&r, (char *[]){"--config", r.conf, NULL});
-    cr_assert(s_ping(ep, 10000), "no broker in the file's runtime directory: %s", s_read(r.err));
+    cr_assert(ut_ping_until(ep, 10000), "no broker in the file's runtime directory: %s", s_read(r.err));
     /* log-level = debug from the file: the ping is logged. */
     kill(pid, SIGTERM);
     cr_assert_eq(ut_wait_code(pid, 10000), 0);
@@ -276,7 +256,7 @@ Test(config, a_running_daemon_uses_the_file)
     snprintf(rt2, sizeof rt2, "%s/rt2", r.dir);
     snprintf(ep2, sizeof ep2, "ipc://%s/broker.sock", rt2);
     pid = s_spawn(&r, (char *[]){"--config", r.conf, "--runtime-dir", rt2, NULL});
-    cr_assert(s_ping(ep2, 10000), "the flag's runtime directory is not used: %s", s_read(r.err));
+    cr_assert(ut_ping_until(ep2, 10000), "the flag's runtime directory is not used: %s", s_read(r.err));
     struct stat st;
     cr_assert_neq(stat(ep + 6, &st), 0, "a socket in the file's directory too");
     kill(pid, SIGTERM);

@@ -59,27 +59,6 @@ static pid_t s_spawn(const char *dir, const char *log, char *const extra[])
     return pid;
 }
 
-/* Ping until the broker answers; true when it did within timeout_ms. */
-static bool s_ping(const char *ep, int timeout_ms)
-{
-    uint64_t deadline = ul_now_ms() + (uint64_t)timeout_ms;
-    while (ul_now_ms() < deadline) {
-        struct stat st;
-        if (stat(ep + 6, &st) == 0) {
-            void *s = ut_dealer(ep);
-            ul_request q;
-            ul_reply r;
-            memset(&r, 0, sizeof r);
-            ut_req(&q, UL_OP_PING);
-            int rc = ut_call(s, &q, &r, 500);
-            ut_dealer_close(s);
-            if (rc == 0 && r.err == 0)
-                return true;
-        }
-        usleep(2000);
-    }
-    return false;
-}
 
 static void s_daemon_start(daemon_proc *d, char *const extra[])
 {
@@ -87,7 +66,7 @@ static void s_daemon_start(daemon_proc *d, char *const extra[])
     snprintf(d->ep, sizeof d->ep, "ipc://%s/broker.sock", d->dir);
     snprintf(d->log, sizeof d->log, "%s/log", d->dir);
     d->pid = s_spawn(d->dir, d->log, extra);
-    cr_assert(s_ping(d->ep, 10000), "uvmleased did not answer");
+    cr_assert(ut_ping_until(d->ep, 10000), "uvmleased did not answer");
 }
 
 static void s_daemon_stop(daemon_proc *d)
@@ -163,7 +142,7 @@ Test(daemon, second_instance_refused)
     char want[64];
     snprintf(want, sizeof want, "pid %d", (int)d.pid);
     cr_assert(s_file_has(log2, want), "second instance does not name the first's pid");
-    cr_assert(s_ping(d.ep, 2000), "first instance stopped serving");
+    cr_assert(ut_ping_until(d.ep, 2000), "first instance stopped serving");
     s_daemon_stop(&d);
 }
 
@@ -176,7 +155,7 @@ Test(daemon, stale_socket_is_cleaned_up)
     struct stat st;
     cr_assert_eq(stat(d.ep + 6, &st), 0, "expected a stale socket after kill -9");
     d.pid = s_spawn(d.dir, d.log, NULL);
-    cr_assert(s_ping(d.ep, 10000), "restart over a stale socket failed");
+    cr_assert(ut_ping_until(d.ep, 10000), "restart over a stale socket failed");
     s_daemon_stop(&d);
 }
 
@@ -257,7 +236,7 @@ Test(daemon, only_the_socket_group_may_connect)
     snprintf(log, sizeof log, "%s/log", parent);
     snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
     pid_t d = s_spawn(dir, log, (char *[]){"--socket-group", "users", NULL});
-    cr_assert(s_ping(ep, 10000));
+    cr_assert(ut_ping_until(ep, 10000));
     struct stat st;
     cr_assert_eq(stat(dir, &st), 0);
     cr_assert_eq(st.st_mode & 0777, 0750, "dir mode %o", st.st_mode & 0777);
@@ -291,7 +270,7 @@ static void s_check_memory(pid_t pid, const char *after)
 
 static void s_still_serves(const daemon_proc *d, const char *after)
 {
-    cr_assert(s_ping(d->ep, 5000), "broker stopped serving after %s", after);
+    cr_assert(ut_ping_until(d->ep, 5000), "broker stopped serving after %s", after);
     cr_assert_eq(kill(d->pid, 0), 0, "broker died after %s", after);
     s_check_memory(d->pid, after);
 }
@@ -513,7 +492,7 @@ Test(daemon, restart_keeps_live_leases)
     kill(g, SIGKILL);
     cr_assert_eq(ut_wait_code(g, 10000), 1000 + SIGKILL);
     d.pid = s_spawn(d.dir, d.log, NULL);
-    cr_assert(s_ping(d.ep, 10000), "restarted uvmleased did not answer");
+    cr_assert(ut_ping_until(d.ep, 10000), "restarted uvmleased did not answer");
 
     pid_t t = ut_fork();
     if (t == 0) {
@@ -573,7 +552,7 @@ Test(daemon, holder_dead_during_restart_is_quarantined)
     kill(g, SIGKILL);
     cr_assert_eq(ut_wait_code(g, 10000), 1000 + SIGKILL);
     d.pid = s_spawn(d.dir, d.log, (char *[]){"--quarantine-ms", "60000", NULL});
-    cr_assert(s_ping(d.ep, 10000), "restarted uvmleased did not answer");
+    cr_assert(ut_ping_until(d.ep, 10000), "restarted uvmleased did not answer");
     pid_t t = ut_fork();
     if (t == 0) {
         void *s = ut_dealer(d.ep);
@@ -616,7 +595,7 @@ static int s_pid_reuse_scenario(const char *dir)
     snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
     snprintf(log, sizeof log, "%s/log", dir);
     pid_t d = s_spawn(dir, log, NULL);
-    if (!s_ping(ep, 10000))
+    if (!ut_ping_until(ep, 10000))
         return 20;
     ut_chan held;
     ut_chan_open(&held);
@@ -674,7 +653,7 @@ static int s_pid_reuse_scenario(const char *dir)
         return 26;
 
     d = s_spawn(dir, log, NULL);
-    if (!s_ping(ep, 10000))
+    if (!ut_ping_until(ep, 10000))
         return 27;
     /* The journalled holder's pid runs, but it is another process: the
      * lease is not restored, so the UVM is free. */

@@ -451,3 +451,26 @@ void ut_golden_free(ut_golden *v, size_t n)
     for (size_t i = 0; i < n; i++)
         free(v[i].bytes);
 }
+
+bool ut_ping_until(const char *ep, int timeout_ms)
+{
+    uint64_t deadline = ul_now_ms() + (uint64_t)timeout_ms;
+    while (ul_now_ms() < deadline) {
+        struct stat st;
+        if (stat(ep + 6, &st) == 0) {
+            void *s = ut_dealer(ep);
+            ul_request q;
+            ul_reply r;
+            memset(&r, 0, sizeof r);
+            ut_req(&q, UL_OP_PING);
+            int rc = ut_call(s, &q, &r, 200);
+            ut_dealer_close(s);
+            if (rc == 0 && r.err == 0)
+                return true;
+        }
+        /* Bounded poll: the daemon is another process that says nothing
+         * before its socket answers. */
+        usleep(1000);
+    }
+    return false;
+}

@@ -101,6 +101,9 @@ int ut_acquire(void *sock, const char *uvm, bool conf, const char *label, int64_
                ul_reply *rep, void (*on_queued)(void *), void *ctx, int wait_ms);
 /* Release a lease; returns the reply's status or -1. */
 int ut_release(void *sock, uint64_t lease);
+/* Ping the broker at ep (a daemon starting up: its socket may not exist
+ * yet) until it answers; true when it did within timeout_ms. */
+bool ut_ping_until(const char *ep, int timeout_ms);
 
 /* ---- a pipe to report from a child to the parent ----------------------- */
 typedef struct ut_chan {

@@ -640,6 +640,27 @@ Test(client, release_and_phase_are_not_delayed_by_a_blocked_acquire)
     uvmlease_close(c);
 }
 
+/* The fast path: with nothing else in flight the calling thread does its
+ * own round trip; the I/O thread never takes the socket. */
+Test(client, calls_on_an_idle_handle_leave_the_io_thread_parked)
+{
+    uvmlease *c = conn();
+    unsigned long turns = ul_client_io_turns(c);
+    for (int i = 0; i < 20; i++) {
+        uvmlease_lease *l;
+        cr_assert_eq(uvmlease_acquire(c, UVM_A, UVMLEASE_CONFIDENTIAL, "", UVMLEASE_TRY, NULL,
+                                      NULL, &l),
+                     UVMLEASE_OK);
+        cr_assert_eq(uvmlease_phase(l, "cim-mount"), UVMLEASE_OK);
+        cr_assert_eq(uvmlease_release(l), UVMLEASE_OK);
+        cr_assert_eq(uvmlease_ping(c, NULL), UVMLEASE_OK);
+    }
+    cr_assert_eq(ul_client_io_turns(c), turns, "the I/O thread took %lu turns",
+                 ul_client_io_turns(c) - turns);
+    cr_assert_eq(ul_client_outstanding(c), 0);
+    uvmlease_close(c);
+}
+
 Test(client, two_threads_queue_behind_each_other)
 {
     uvmlease *c = conn();

@@ -128,6 +128,7 @@ static int s_req_new(const ul_request *req, ul_req **out)
     r->rid = req->rid;
     r->op = req->op;
     r->target = req->target_rid;
+    r->lease = req->lease;
     r->need_send = true;
     int rc = ul_request_encode(req, &r->msg);
     if (rc) {

@@ -1396,39 +1396,74 @@ Test(fake, release_nowait_is_sent_again_to_a_restarted_broker)
     uvmlease_close(c);
 }
 
+/* A release-error handler that holds the library's thread until told. */
+typedef struct rel_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool inside, let_go;
+} rel_gate;
+
+static void s_rel_gate(void *ctx, uint64_t lease, int status)
+{
+    (void)lease;
+    (void)status;
+    rel_gate *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    g->inside = true;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->let_go)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static bool s_rel_gate_inside(void *p)
+{
+    rel_gate *g = p;
+    pthread_mutex_lock(&g->mu);
+    bool in = g->inside;
+    pthread_mutex_unlock(&g->mu);
+    return in;
+}
+
 Test(fake, requests_after_a_queued_release_nowait_do_not_overtake_it)
 {
     fake *f = &s_fake;
     uvmlease *c = fake_conn(f);
-    uvmlease_lease *l = fake_acquire(f, c, UVM_A, 65);
-    /* Another thread's acquire waits (it drives the socket meanwhile). */
-    bg_acquire w;
-    bg_acquire_start(&w, c, UVM_B, UVMLEASE_CONFIDENTIAL, UVMLEASE_FOREVER, NULL);
+    rel_gate g = {.inside = false};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    uvmlease_on_release_error(c, s_rel_gate, &g);
+
+    /* Hold the library's thread (it owns the socket) in the handler, so
+     * that the release and the acquire after it are both queued when it
+     * comes back to send them. */
+    uvmlease_lease *l = fake_acquire(f, c, UVM_A, 71);
+    uvmlease_lease *other = fake_acquire(f, c, UVM_B, 70);
+    cr_assert_eq(uvmlease_release_nowait(other), UVMLEASE_OK);
     ul_request q;
-    fake_expect(f, &q, UL_OP_ACQUIRE, 5000);
-    uint64_t waiter = q.rid;
-    fake_queued(f, &q);
-    wait_queued(c, 1);
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    fake_answer(f, &q, UVMLEASE_EREVOKED);
+    cr_assert(ut_wait_until(s_rel_gate_inside, &g, 5000), "the handler was not called");
 
     cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_OK);
     bg_acquire a;
     bg_acquire_start(&a, c, UVM_A, UVMLEASE_CONFIDENTIAL, UVMLEASE_TRY, NULL);
+    pred_ctx two = {c, 2};
+    cr_assert(ut_wait_until(s_outstanding_is, &two, 5000), "release and acquire not queued");
+    cr_assert_eq(fake_recv(f, &q, 100), -1, "sent while the owner was away: %s", ul_op_name(q.op));
+    pthread_mutex_lock(&g.mu);
+    g.let_go = true;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+
     fake_expect(f, &q, UL_OP_RELEASE, 5000);
-    cr_assert_eq(q.lease, 65);
+    cr_assert_eq(q.lease, 71);
     fake_answer(f, &q, 0);
     fake_expect(f, &q, UL_OP_ACQUIRE, 5000);
     cr_assert_str_eq(q.uvm, UVM_A);
-    fake_grant(f, UL_MSG_REPLY, q.rid, 66, 2);
+    fake_grant(f, UL_MSG_REPLY, q.rid, 72, 2);
     cr_assert_eq(bg_acquire_join(&a, 2000), UVMLEASE_OK);
-
-    ul_reply r;
-    memset(&r, 0, sizeof r);
-    r.kind = UL_MSG_ACQUIRE_FAILED;
-    r.rid = waiter;
-    r.err = UVMLEASE_ECANCELLED;
-    fake_send(f, &r);
-    cr_assert_eq(bg_acquire_join(&w, 2000), UVMLEASE_ECANCELLED);
-    fake_release(f, a.lease, 66);
+    fake_release(f, a.lease, 72);
     uvmlease_close(c);
 }
 

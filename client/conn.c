@@ -1,8 +1,9 @@
 /*
- * conn.c — a connection's I/O thread, its request records, the wait for an
- * answer, and the connection's life: creation, references, close (see
- * ul_client.h for the model). Leases are uvmlease.c's: what the broker says
- * of them reaches it through the on_revoked handler.
+ * conn.c — a connection's socket and who drives it (a calling thread or the
+ * I/O thread), its request records, the wait for an answer, and the
+ * connection's life: creation, references, close (see ul_client.h for the
+ * model). Leases are uvmlease.c's: what the broker says of them reaches it
+ * through the on_revoked handler.
  */
 #include "ul_client.h"
 
@@ -21,6 +22,9 @@
 
 /* Messages handled per wake-up before pending sends get a turn. */
 #define RECV_BATCH 64
+
+/* s_own_wait_locked(): the caller gave the socket up and waits on. */
+#define HANDED_OVER (-1)
 
 /* ------------------------------------------------------------------ rids */
 
@@ -84,10 +88,14 @@ void ul_waitctx_destroy(ul_waitctx *w)
 
 void ul_waitctx_cancel(ul_waitctx *w)
 {
-    pthread_mutex_lock(&w->conn->mu);
+    uvmlease *c = w->conn;
+    pthread_mutex_lock(&c->mu);
     w->cancel = true;
     pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->conn->mu);
+    /* A caller driving the socket itself waits in zmq_poll(), not on cv. */
+    if (c->owner_w == w)
+        s_wake(c);
+    pthread_mutex_unlock(&c->mu);
 }
 
 void ul_client_reply_free(ul_reply *rep)
@@ -120,6 +128,7 @@ static int s_req_new(const ul_request *req, ul_req **out)
     r->rid = req->rid;
     r->op = req->op;
     r->target = req->target_rid;
+    r->lease = req->lease;
     r->need_send = true;
     int rc = ul_request_encode(req, &r->msg);
     if (rc) {
@@ -149,6 +158,94 @@ static ul_req *s_find_locked(uvmlease *c, uint64_t rid)
     return NULL;
 }
 
+/* ------------------------------------------------ who drives the socket */
+
+/* The I/O thread must take the socket over: wake whoever has it (a caller
+ * then gives it up) or the parked I/O thread. */
+static void s_want_io_locked(uvmlease *c)
+{
+    c->io_wanted = true;
+    if (c->owner == UL_SOCK_FREE)
+        pthread_cond_signal(&c->io_cv);
+    else
+        s_wake(c);
+}
+
+/* An answer only the lazy may leave unread for now. */
+static bool s_lazy_locked(const ul_req *r, uint64_t now)
+{
+    return r->lazy && !r->need_send && now < r->sent_ms + UL_CLIENT_LAZY_MS;
+}
+
+/*
+ * Whether the I/O thread has to drive the socket: something must be sent,
+ * somebody waits for an answer, a handler must be called. When only lazy
+ * answers are due, *until is when the first of them stops being lazy
+ * (0 when nothing is due at all).
+ */
+static bool s_io_needed_locked(uvmlease *c, uint64_t now, uint64_t *until)
+{
+    *until = 0;
+    if (c->io_wanted || c->on_event || !ul_list_empty(&c->notes))
+        return true;
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (!s_lazy_locked(r, now))
+            return true;
+        uint64_t due = r->sent_ms + UL_CLIENT_LAZY_MS;
+        if (*until == 0 || due < *until)
+            *until = due;
+    }
+    return false;
+}
+
+/* A caller may drive the socket itself: nobody else does or is about to,
+ * and no handler needs the I/O thread. */
+static bool s_may_own_locked(const uvmlease *c)
+{
+    return c->io_started && c->owner == UL_SOCK_FREE && !c->io_wanted && !c->on_event &&
+           ul_list_empty(&c->notes);
+}
+
+/* Whether the parked I/O thread must look again: it is needed now, or a
+ * lazy answer falls due before its timer (or it has none). Signalling a
+ * thread that need not wake would cost a context switch per call. */
+static void s_nudge_io_locked(uvmlease *c)
+{
+    uint64_t until;
+    bool needed = s_io_needed_locked(c, ul_now_ms(), &until);
+    if (needed || (until && c->io_parked && (c->io_park_until == 0 || c->io_park_until > until)))
+        pthread_cond_signal(&c->io_cv);
+}
+
+/* The calling thread gives the socket up. */
+static void s_disown_locked(uvmlease *c)
+{
+    c->owner = UL_SOCK_FREE;
+    c->owner_w = NULL;
+    s_nudge_io_locked(c);
+    pthread_cond_broadcast(&c->idle_cv); /* shutdown waits for this */
+}
+
+/* Nothing sent after r may go out before it. */
+static bool s_first_unsent_locked(uvmlease *c, const ul_req *r)
+{
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *x = ul_container_of(pos, ul_req, link);
+        if (x == r)
+            return true;
+        if (x->need_send)
+            return false;
+    }
+    return false;
+}
+
+/* ------------------------------------------------------- background work */
+
 /* Queue work nobody waits for. Without an I/O thread it is pointless: the
  * broker ends a process's leases and waiters when the process exits. */
 static void s_background_locked(uvmlease *c, ul_request *q)
@@ -161,7 +258,7 @@ static void s_background_locked(uvmlease *c, ul_request *q)
     if (s_req_new(q, &r) != 0)
         return;
     ul_list_insert_tail(&c->reqs, &r->link);
-    s_wake(c);
+    s_want_io_locked(c);
 }
 
 void ul_client_release_bg_locked(uvmlease *c, uint64_t lease)
@@ -180,6 +277,92 @@ static void s_cancel_bg_locked(uvmlease *c, uint64_t acquire_rid)
     q.op = UL_OP_CANCEL;
     q.target_rid = acquire_rid;
     s_background_locked(c, &q);
+}
+
+int ul_client_nowait_new(uint64_t lease, ul_req **out)
+{
+    ul_request q;
+    memset(&q, 0, sizeof q);
+    q.version = UL_PROTO_VERSION;
+    q.op = UL_OP_RELEASE;
+    q.rid = ul_client_rid();
+    q.lease = lease;
+    int rc = s_req_new(&q, out);
+    if (!rc)
+        (*out)->nowait = true;
+    return rc;
+}
+
+void ul_client_nowait_free(ul_req *r)
+{
+    if (r)
+        s_req_free(r);
+}
+
+void ul_client_nowait_send_locked(uvmlease *c, ul_req *r)
+{
+    ul_list_insert_tail(&c->reqs, &r->link);
+    /* While the socket is free the mutex guards it: send from here, so the
+     * release leaves before this thread's next request and nobody wakes. */
+    if (s_may_own_locked(c) && s_first_unsent_locked(c, r) &&
+        zmq_send(c->sock, r->msg.data, r->msg.len, ZMQ_DONTWAIT) >= 0) {
+        r->need_send = false;
+        r->sent = true;
+        r->sent_ms = ul_now_ms();
+        r->lazy = true;
+        s_nudge_io_locked(c); /* a parked I/O thread may need a timer */
+        return;
+    }
+    /* Busy socket, full pipe or no broker: the owner sends it in order. */
+    s_want_io_locked(c);
+}
+
+/* ----------------------------------------------- notes for the I/O thread */
+
+typedef struct ul_note {
+    ul_list link;
+    ul_reply *ev;   /* an event, or NULL: a failed nowait release */
+    uint64_t lease; /* the release's lease and the broker's status */
+    int status;
+} ul_note;
+
+static void s_note_locked(uvmlease *c, ul_reply *ev, uint64_t lease, int status)
+{
+    ul_note *n = calloc(1, sizeof *n);
+    if (!n) {
+        ul_client_reply_free(ev);
+        return; /* a note is information; losing it under ENOMEM is allowed */
+    }
+    n->ev = ev;
+    n->lease = lease;
+    n->status = status;
+    ul_list_insert_tail(&c->notes, &n->link);
+    s_want_io_locked(c);
+}
+
+/* On the I/O thread, which owns the socket: hand each note to its handler
+ * without the lock, so that it may take its own locks and block on its
+ * output; in_event lets the setters of handlers wait for it. */
+static void s_deliver_notes_locked(uvmlease *c)
+{
+    while (!ul_list_empty(&c->notes) && !c->stop) {
+        ul_note *n = ul_container_of(c->notes.next, ul_note, link);
+        ul_list_remove(&n->link);
+        ul_client_event_fn ev_fn = n->ev ? c->on_event : NULL;
+        ul_client_release_error_fn rel_fn = n->ev ? NULL : c->on_release_error;
+        void *ctx = n->ev ? c->event_ctx : c->release_error_ctx;
+        c->in_event = ev_fn || rel_fn;
+        pthread_mutex_unlock(&c->mu);
+        if (ev_fn)
+            ev_fn(ctx, n->ev);
+        else if (rel_fn)
+            rel_fn(ctx, n->lease, n->status);
+        ul_client_reply_free(n->ev);
+        free(n);
+        pthread_mutex_lock(&c->mu);
+        c->in_event = false;
+        pthread_cond_broadcast(&c->idle_cv);
+    }
 }
 
 /* ------------------------------------------------ answers from the broker */
@@ -237,6 +420,8 @@ static ul_reply *s_on_reply_locked(uvmlease *c, ul_req *r, ul_reply *rep)
         s_finish_locked(c, r, rep, 0);
         return NULL;
     }
+    if (r->nowait && rep->err != 0)
+        s_note_locked(c, NULL, r->lease, (int)rep->err);
     s_unlink_free_locked(c, r);
     return rep;
 }
@@ -286,6 +471,13 @@ static ul_reply *s_dispatch_locked(uvmlease *c, ul_reply *rep)
         if (c->on_revoked)
             c->on_revoked(c, rep->lease);
         break;
+    case UL_MSG_EVENT:
+        /* Events that arrive without a handler are dropped. */
+        if (c->on_event) {
+            s_note_locked(c, rep, 0, 0);
+            rep = NULL;
+        }
+        break;
     default:
         break;
     }
@@ -313,7 +505,9 @@ static bool s_flush_locked(uvmlease *c, uint64_t now)
             /* Not a transient condition: retrying would spin. */
             if (r->w)
                 s_finish_locked(c, r, NULL, UVMLEASE_ESYSTEM);
-            else
+            else if (r->nowait)
+                s_note_locked(c, NULL, r->lease, UVMLEASE_ESYSTEM);
+            if (!r->w)
                 s_unlink_free_locked(c, r);
             continue;
         }
@@ -353,24 +547,6 @@ static int s_ping_locked(uvmlease *c, uint64_t now, bool blocked)
 
 /* ------------------------------------------------------------- receiving */
 
-/* Without the lock, so that the handler may take its own locks and block
- * on its output; in_event lets ul_client_on_event() wait for it. */
-static void s_deliver_event(uvmlease *c, const ul_reply *ev)
-{
-    pthread_mutex_lock(&c->mu);
-    ul_client_event_fn fn = c->on_event;
-    void *ctx = c->event_ctx;
-    c->in_event = fn != NULL;
-    pthread_mutex_unlock(&c->mu);
-    if (!fn)
-        return;
-    fn(ctx, ev);
-    pthread_mutex_lock(&c->mu);
-    c->in_event = false;
-    pthread_cond_broadcast(&c->idle_cv);
-    pthread_mutex_unlock(&c->mu);
-}
-
 static void s_receive(uvmlease *c)
 {
     for (int i = 0; i < RECV_BATCH; i++) {
@@ -403,38 +579,85 @@ static void s_receive(uvmlease *c)
         pthread_mutex_lock(&c->mu);
         rep = s_dispatch_locked(c, rep);
         pthread_mutex_unlock(&c->mu);
-        if (rep && rep->kind == UL_MSG_EVENT)
-            s_deliver_event(c, rep);
         ul_client_reply_free(rep);
     }
 }
 
+/* ------------------------------------------------- a turn with the socket */
+
+/*
+ * What the owner of the socket does, c->mu held on entry and on return:
+ * send what is due, wait (at most limit_ms, -1: no limit of its own) for a
+ * message, a wake-up or the next ping, and take in what arrived.
+ */
+static void s_turn_locked(uvmlease *c, int limit_ms)
+{
+    uint64_t now = ul_now_ms();
+    bool blocked = s_flush_locked(c, now);
+    int timeout = s_ping_locked(c, now, blocked);
+    if (limit_ms >= 0 && (timeout < 0 || limit_ms < timeout))
+        timeout = limit_ms;
+    pthread_mutex_unlock(&c->mu);
+
+    zmq_pollitem_t items[2] = {
+        {.socket = c->sock, .events = ZMQ_POLLIN | (blocked ? ZMQ_POLLOUT : 0)},
+        {.fd = c->wakefd, .events = ZMQ_POLLIN},
+    };
+    int n = zmq_poll(items, 2, timeout);
+    if (n > 0 && (items[1].revents & ZMQ_POLLIN)) {
+        uint64_t v;
+        ssize_t rd = read(c->wakefd, &v, sizeof v);
+        (void)rd;
+    }
+    if (n > 0 && (items[0].revents & ZMQ_POLLIN))
+        s_receive(c);
+    pthread_mutex_lock(&c->mu);
+}
+
 /* ------------------------------------------------------------ the thread */
+
+/* Wait on io_cv until signalled, or until `until` (a lazy answer's time). */
+static void s_park_locked(uvmlease *c, uint64_t until)
+{
+    c->io_parked = true;
+    c->io_park_until = until;
+    if (until) {
+        struct timespec ts;
+        s_abstime(until, &ts);
+        pthread_cond_timedwait(&c->io_cv, &c->mu, &ts);
+    } else {
+        pthread_cond_wait(&c->io_cv, &c->mu);
+    }
+    c->io_parked = false;
+    c->io_park_until = 0;
+}
 
 static void *s_io_main(void *arg)
 {
     uvmlease *c = arg;
     pthread_mutex_lock(&c->mu);
     while (!c->stop) {
-        uint64_t now = ul_now_ms();
-        bool blocked = s_flush_locked(c, now);
-        int timeout = s_ping_locked(c, now, blocked);
-        pthread_mutex_unlock(&c->mu);
-
-        zmq_pollitem_t items[2] = {
-            {.socket = c->sock, .events = ZMQ_POLLIN | (blocked ? ZMQ_POLLOUT : 0)},
-            {.fd = c->wakefd, .events = ZMQ_POLLIN},
-        };
-        int n = zmq_poll(items, 2, timeout);
-        if (n > 0 && (items[1].revents & ZMQ_POLLIN)) {
-            uint64_t v;
-            ssize_t rd = read(c->wakefd, &v, sizeof v);
-            (void)rd;
+        if (c->owner == UL_SOCK_CALLER) {
+            /* It gives the socket up when we want it (io_wanted). */
+            s_park_locked(c, 0);
+            continue;
         }
-        if (n > 0 && (items[0].revents & ZMQ_POLLIN))
-            s_receive(c);
-        pthread_mutex_lock(&c->mu);
+        uint64_t until;
+        if (!s_io_needed_locked(c, ul_now_ms(), &until)) {
+            c->owner = UL_SOCK_FREE;
+            s_park_locked(c, until);
+            continue;
+        }
+        c->owner = UL_SOCK_IO;
+        c->io_wanted = false;
+        s_deliver_notes_locked(c);
+        /* The notes may have been all there was to do. */
+        if (c->stop || !s_io_needed_locked(c, ul_now_ms(), &until))
+            continue;
+        c->io_turns++;
+        s_turn_locked(c, -1);
     }
+    c->owner = UL_SOCK_FREE;
     pthread_mutex_unlock(&c->mu);
     return NULL;
 }
@@ -476,24 +699,35 @@ int ul_client_io_start(uvmlease *c)
 
 /* ------------------------------------------- the connection, references */
 
+static int s_cond_init(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    if (pthread_condattr_init(&a) != 0)
+        return -1;
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+    return rc;
+}
+
 int ul_client_new(const char *endpoint, ul_client_revoked_fn on_revoked, uvmlease **out)
 {
     uvmlease *c = calloc(1, sizeof *c);
     if (!c)
         return UVMLEASE_ENOMEM;
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a) != 0)
+    if (s_cond_init(&c->idle_cv) != 0)
         goto fail;
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&c->idle_cv, &a);
-    pthread_condattr_destroy(&a);
-    if (rc != 0)
+    if (s_cond_init(&c->io_cv) != 0) {
+        pthread_cond_destroy(&c->idle_cv);
         goto fail;
+    }
     pthread_mutex_init(&c->mu, NULL);
     ul_list_init(&c->reqs);
+    ul_list_init(&c->notes);
     c->pid = getpid();
     c->refs = 1;
     c->wakefd = -1;
+    c->owner = UL_SOCK_FREE;
     c->on_revoked = on_revoked;
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
     *out = c;
@@ -525,6 +759,16 @@ int ul_client_hold_locked(uvmlease *c)
     return 0;
 }
 
+static void s_notes_free_locked(uvmlease *c)
+{
+    while (!ul_list_empty(&c->notes)) {
+        ul_note *n = ul_container_of(c->notes.next, ul_note, link);
+        ul_list_remove(&n->link);
+        ul_client_reply_free(n->ev);
+        free(n);
+    }
+}
+
 static void s_conn_free(uvmlease *c)
 {
     ul_list *pos, *tmp;
@@ -534,6 +778,8 @@ static void s_conn_free(uvmlease *c)
         ul_list_remove(&r->link);
         s_req_free(r);
     }
+    s_notes_free_locked(c);
+    pthread_cond_destroy(&c->io_cv);
     pthread_cond_destroy(&c->idle_cv);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -574,6 +820,7 @@ static void s_abandon_locked(uvmlease *c, ul_req *r)
             keep = true;
         } else if (r->op == UL_OP_RELEASE || r->op == UL_OP_CANCEL) {
             keep = true;
+            s_want_io_locked(c); /* it is the I/O thread's to finish now */
         }
     }
     if (!keep)
@@ -585,6 +832,66 @@ static int s_deadline_status(const uvmlease *c, const ul_req *r)
     if (r->op == UL_OP_ACQUIRE && r->sent && c->last_rx_ms >= r->sent_ms)
         return UVMLEASE_ETIMEDOUT;
     return UVMLEASE_ENOBROKER;
+}
+
+/* Why the caller of r stops waiting: 0 (it may wait on), or a status. */
+static int s_wait_over_locked(uvmlease *c, const ul_req *r, const ul_waitctx *w, uint64_t deadline,
+                              uint64_t now)
+{
+    if (r->done)
+        return 0;
+    if (c->closing)
+        return UVMLEASE_ECLOSED;
+    if (w->cancel)
+        return UVMLEASE_ECANCELLED;
+    if (deadline && now >= deadline)
+        return s_deadline_status(c, r);
+    return 0;
+}
+
+/*
+ * The fast path: the calling thread drives the socket until r is answered
+ * or the caller stops waiting (a status), or until the I/O thread is
+ * wanted (HANDED_OVER: wait on as any other caller).
+ */
+static int s_own_wait_locked(uvmlease *c, ul_req *r, ul_waitctx *w, uint64_t deadline)
+{
+    c->owner = UL_SOCK_CALLER;
+    c->owner_w = w;
+    int rc;
+    for (;;) {
+        uint64_t now = deadline ? ul_now_ms() : 0;
+        rc = s_wait_over_locked(c, r, w, deadline, now);
+        if (rc || r->done)
+            break;
+        if (c->io_wanted) {
+            rc = HANDED_OVER;
+            break;
+        }
+        /* The turn's own limit (the next ping) is far shorter than INT_MAX. */
+        uint64_t left = deadline ? deadline - now : 0;
+        s_turn_locked(c, !deadline ? -1 : left > INT32_MAX ? INT32_MAX : (int)left);
+    }
+    s_disown_locked(c);
+    return rc;
+}
+
+/* The other path: the I/O thread drives the socket; wait to be told. */
+static int s_cv_wait_locked(uvmlease *c, ul_req *r, ul_waitctx *w, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t now = deadline ? ul_now_ms() : 0;
+        int rc = s_wait_over_locked(c, r, w, deadline, now);
+        if (rc || r->done)
+            return rc;
+        if (deadline) {
+            struct timespec ts;
+            s_abstime(deadline, &ts);
+            pthread_cond_timedwait(&w->cv, &c->mu, &ts);
+        } else {
+            pthread_cond_wait(&w->cv, &c->mu);
+        }
+    }
 }
 
 int ul_client_call(uvmlease *c, ul_request *req, int64_t wait_ms, ul_waitctx *w, ul_reply **out)
@@ -614,29 +921,13 @@ int ul_client_call(uvmlease *c, ul_request *req, int64_t wait_ms, ul_waitctx *w,
         goto out;
     }
     ul_list_insert_tail(&c->reqs, &r->link);
-    s_wake(c);
-    while (!r->done) {
-        if (c->closing) {
-            rc = UVMLEASE_ECLOSED;
-            break;
-        }
-        if (w->cancel) {
-            rc = UVMLEASE_ECANCELLED;
-            break;
-        }
-        if (deadline) {
-            uint64_t now = ul_now_ms();
-            if (now >= deadline) {
-                rc = s_deadline_status(c, r);
-                break;
-            }
-            struct timespec ts;
-            s_abstime(deadline, &ts);
-            pthread_cond_timedwait(&w->cv, &c->mu, &ts);
-        } else {
-            pthread_cond_wait(&w->cv, &c->mu);
-        }
-    }
+    rc = HANDED_OVER;
+    if (s_may_own_locked(c))
+        rc = s_own_wait_locked(c, r, w, deadline);
+    else
+        s_want_io_locked(c);
+    if (rc == HANDED_OVER)
+        rc = s_cv_wait_locked(c, r, w, deadline);
     if (r->done) {
         rc = r->local_err;
         if (!rc) {
@@ -680,6 +971,9 @@ void ul_client_begin_close_locked(uvmlease *c)
         if (r->w)
             pthread_cond_signal(&r->w->cv);
     }
+    /* A caller driving the socket stops; lazy answers are fetched now. */
+    if (c->io_started)
+        s_want_io_locked(c);
 }
 
 void ul_client_shutdown(uvmlease *c)
@@ -697,8 +991,12 @@ void ul_client_shutdown(uvmlease *c)
             s_abstime(deadline, &ts);
             pthread_cond_timedwait(&c->idle_cv, &c->mu, &ts);
         }
+        /* A caller still driving the socket sees closing at once. */
+        while (c->owner == UL_SOCK_CALLER)
+            pthread_cond_wait(&c->idle_cv, &c->mu);
     }
     c->stop = true;
+    pthread_cond_signal(&c->io_cv);
     pthread_mutex_unlock(&c->mu);
 
     if (c->io_started) {
@@ -727,20 +1025,44 @@ void ul_client_shutdown(uvmlease *c)
             s_req_free(r);
         }
     }
+    s_notes_free_locked(c);
     pthread_mutex_unlock(&c->mu);
 }
 
 /* ---------------------------------------------------------------- events */
+
+/* Handlers run on the I/O thread: from within one, waiting for it would
+ * never end. */
+static void s_handler_quiet_locked(uvmlease *c)
+{
+    bool on_io = c->io_started && pthread_equal(pthread_self(), c->io);
+    while (c->in_event && !on_io)
+        pthread_cond_wait(&c->idle_cv, &c->mu);
+}
 
 void ul_client_on_event(uvmlease *c, ul_client_event_fn fn, void *ctx)
 {
     pthread_mutex_lock(&c->mu);
     c->on_event = fn;
     c->event_ctx = ctx;
-    /* From within the handler, waiting for it would never end. */
-    bool on_io = c->io_started && pthread_equal(pthread_self(), c->io);
-    while (c->in_event && !on_io)
-        pthread_cond_wait(&c->idle_cv, &c->mu);
+    /* With a handler the I/O thread must be there to receive events; a
+     * caller driving the socket hands it over. Without, it may park. */
+    if (c->io_started) {
+        if (fn)
+            s_want_io_locked(c);
+        else if (c->owner == UL_SOCK_IO)
+            s_wake(c);
+    }
+    s_handler_quiet_locked(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void ul_client_on_release_error(uvmlease *c, ul_client_release_error_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&c->mu);
+    c->on_release_error = fn;
+    c->release_error_ctx = ctx;
+    s_handler_quiet_locked(c);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -770,6 +1092,14 @@ unsigned ul_client_outstanding(uvmlease *c)
     {
         n++;
     }
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+unsigned long ul_client_io_turns(uvmlease *c)
+{
+    pthread_mutex_lock(&c->mu);
+    unsigned long n = c->io_turns;
     pthread_mutex_unlock(&c->mu);
     return n;
 }

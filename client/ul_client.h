@@ -2,17 +2,39 @@
  * ul_client.h — internals of libuvmlease shared by its files and by
  * uvmleasectl (which links the static library). Not installed.
  *
- * Threading model: each connection has one I/O thread that alone touches
- * the ZeroMQ socket. Callers describe a request as a ul_req record, link it
- * into the connection's list under the connection mutex and wake the I/O
- * thread through an eventfd; the I/O thread sends it, matches the broker's
- * messages to records by rid and signals the waiting caller's condition
- * variable. A record whose caller has gone (timeout, cancel, close) stays
- * with the connection as "background" work when its outcome still matters:
- * an abandoned acquire is cancelled (the broker removes the waiter, or
+ * Threading model: a ZeroMQ socket may be used by one thread at a time, so
+ * each connection has one "owner" of its socket at any moment (c->owner):
+ * nobody, the I/O thread, or one calling thread. Every request is a
+ * ul_req record in the connection's list, in send order; whoever owns the
+ * socket sends what is due in that order, matches the broker's messages to
+ * records by rid and signals the waiting callers' condition variables.
+ *
+ * The fast path: a call on a connection whose socket nobody drives (no
+ * other call in progress, no background work, no event handler) makes the
+ * calling thread the owner: it sends its request and waits in zmq_poll()
+ * itself, which saves the two thread hand-offs per round trip of going
+ * through the I/O thread. It gives the socket up as soon as anything else
+ * needs it (io_wanted: another call, background work, an event handler, a
+ * note to deliver), and then waits on its condition variable like any
+ * other caller while the I/O thread drives the socket. The I/O thread
+ * parks (touching neither the socket nor its descriptors) while nothing
+ * needs it; messages the broker sends meanwhile (a revocation) are read by
+ * the next owner, before the answer to its own request, as the broker sent
+ * them. While the socket is free, c->mu alone guards it: a thread holding
+ * the mutex may send without becoming the owner (release_nowait does).
+ *
+ * A record whose caller has gone (timeout, cancel, close) stays with the
+ * connection as "background" work when its outcome still matters: an
+ * abandoned acquire is cancelled (the broker removes the waiter, or
  * releases the lease if it was granted, even when the grant never arrives)
  * and waits for its grant (released at once) or failure, a release or
- * cancel is re-sent until answered.
+ * cancel is re-sent until answered. A release nobody waits for that its
+ * caller sent itself (release_nowait) is "lazy": its answer is left for
+ * the next owner to read, and the I/O thread fetches it only when no call
+ * has within UL_CLIENT_LAZY_MS.
+ *
+ * Handlers (events, failed nowait releases) run only on the I/O thread:
+ * whoever receives such a message queues it as a note for the I/O thread.
  */
 #ifndef UL_CLIENT_H
 #define UL_CLIENT_H
@@ -29,6 +51,12 @@
 /* While requests are outstanding, ping this often to notice a restarted
  * broker (a new instance id), to which they are then sent again. */
 #define UL_CLIENT_PING_MS 1000
+
+/* How long the answer to a release_nowait is left for the next call to
+ * read before the I/O thread wakes to read it. Long enough that a caller
+ * doing cycles back to back never wakes the I/O thread; short enough that
+ * a failure is reported promptly. */
+#define UL_CLIENT_LAZY_MS 5
 
 /*
  * A caller blocked in a call. Lives on the caller's stack; conn.c owns it,
@@ -53,6 +81,9 @@ typedef struct ul_req {
     uint64_t sent_ms; /* last send, monotonic */
     bool queued;      /* acquire: the broker said "queued" */
     bool resent;      /* sent again to a new broker instance */
+    uint64_t lease;   /* release: the lease */
+    bool nowait;      /* release: its caller did not wait; a failure is reported */
+    bool lazy;        /* sent by its caller: the answer may wait for the next owner */
     ul_waitctx *w;    /* the waiting caller, NULL for background work */
     bool done;        /* answered; rep set, unlinked, owned by the caller */
     int local_err;    /* done without an answer (the send failed) */
@@ -61,6 +92,11 @@ typedef struct ul_req {
 
 /* An event message (watch), on the I/O thread, without locks held. */
 typedef void (*ul_client_event_fn)(void *ctx, const ul_reply *ev);
+/* A release_nowait the broker refused: the same, with the lease and status. */
+typedef void (*ul_client_release_error_fn)(void *ctx, uint64_t lease, int status);
+
+/* Who uses the socket (see the model above). */
+typedef enum ul_sock_owner { UL_SOCK_FREE, UL_SOCK_IO, UL_SOCK_CALLER } ul_sock_owner;
 /* The broker revoked a lease: called on the I/O thread with c->mu held, in
  * the order of the broker's messages. Must not block. */
 typedef void (*ul_client_revoked_fn)(uvmlease *c, uint64_t lease);
@@ -77,18 +113,24 @@ struct uvmlease {
     /* ---- conn.c */
     pthread_mutex_t mu;
     pthread_cond_t idle_cv; /* background work or a call finished */
+    pthread_cond_t io_cv;   /* the I/O thread parks here */
     pid_t pid;              /* creator: handles do not cross fork() */
     char endpoint[256 + 8];
     void *zctx;
-    void *sock; /* touched only by the I/O thread once it runs */
+    void *sock; /* used by its owner only; while free, by a holder of mu */
     int wakefd;
     pthread_t io;
     bool io_started;
-    bool closing;   /* close() began: calls fail with ECLOSED */
-    bool stop;      /* the I/O thread must exit; no more background work */
-    unsigned refs;  /* the user's handle, lease handles, calls in progress */
-    unsigned calls; /* of refs, the calls in progress */
-    ul_list reqs;   /* ul_req.link, in send order */
+    ul_sock_owner owner;
+    ul_waitctx *owner_w;    /* the owning caller's, woken through wakefd */
+    bool io_wanted;         /* the I/O thread must take the socket over */
+    bool io_parked;         /* the I/O thread waits on io_cv ... */
+    uint64_t io_park_until; /* ... until then (monotonic ms; 0: until signalled) */
+    bool closing;           /* close() began: calls fail with ECLOSED */
+    bool stop;              /* the I/O thread must exit; no more background work */
+    unsigned refs;          /* the user's handle, lease handles, calls in progress */
+    unsigned calls;         /* of refs, the calls in progress */
+    ul_list reqs;           /* ul_req.link, in send order */
     bool have_bi;
     uint64_t bi;         /* broker instance id last seen */
     uint64_t last_rx_ms; /* last message from the broker, monotonic */
@@ -96,7 +138,11 @@ struct uvmlease {
     ul_client_revoked_fn on_revoked;
     ul_client_event_fn on_event;
     void *event_ctx;
-    bool in_event; /* on_event is running */
+    ul_client_release_error_fn on_release_error;
+    void *release_error_ctx;
+    ul_list notes;          /* for the I/O thread to hand to a handler, in order */
+    bool in_event;          /* a handler is running */
+    unsigned long io_turns; /* the I/O thread's turns with the socket (test hook) */
 
     /* ---- uvmlease.c */
     ul_list leases;      /* uvmlease_lease.link */
@@ -130,6 +176,23 @@ void ul_client_reply_free(ul_reply *rep);
 /* Queue a release nobody waits for (a grant that came too late, or close).
  * Caller holds c->mu. */
 void ul_client_release_bg_locked(uvmlease *c, uint64_t lease);
+
+/*
+ * A release whose caller does not wait (uvmlease_release_nowait), in two
+ * steps so that the lease owner can decide under c->mu without allocating
+ * there. new: the record, or ENOMEM. send_locked (c->mu held, c not
+ * closing) queues it behind every earlier request and, when the socket is
+ * free, sends it at once from the calling thread. Its answer is read by
+ * whoever owns the socket next; a failure goes to the release-error
+ * handler. free: a record that was not sent (NULL is fine).
+ */
+int ul_client_nowait_new(uint64_t lease, ul_req **out);
+void ul_client_nowait_send_locked(uvmlease *c, ul_req *r);
+void ul_client_nowait_free(ul_req *r);
+
+/* Who is told of a failed nowait release: fn(ctx, lease, status) on the
+ * I/O thread, without locks held; the same rules as ul_client_on_event. */
+void ul_client_on_release_error(uvmlease *c, ul_client_release_error_fn fn, void *ctx);
 
 /* ---- a connection's life (conn.c) */
 
@@ -189,5 +252,8 @@ void ul_client_on_event(uvmlease *c, ul_client_event_fn fn, void *ctx);
  * request record not yet settled (calls and background work). */
 unsigned ul_client_queued(uvmlease *c);
 unsigned ul_client_outstanding(uvmlease *c);
+/* How many turns with the socket the I/O thread has taken: calls on an
+ * idle connection take none. */
+unsigned long ul_client_io_turns(uvmlease *c);
 
 #endif

@@ -407,6 +407,45 @@ int uvmlease_release(uvmlease_lease *lease)
     return rc;
 }
 
+int uvmlease_release_nowait(uvmlease_lease *lease)
+{
+    if (!lease)
+        return UVMLEASE_EINVAL;
+    uvmlease *c = lease->conn;
+    if (!ul_client_usable(c))
+        return UVMLEASE_ECLOSED;
+    ul_req *r;
+    if (ul_client_nowait_new(lease->id, &r) != 0)
+        return uvmlease_release(lease); /* it has the same outcome, slower */
+    /* Unlinking and queueing under one lock: close() either released the
+     * lease already (not linked) or will find the release queued. */
+    pthread_mutex_lock(&c->mu);
+    int rc = !lease->linked ? UVMLEASE_ECLOSED : lease->revoked ? UVMLEASE_EREVOKED : 0;
+    if (lease->linked)
+        ul_list_remove(&lease->link);
+    if (!rc) {
+        ul_client_nowait_send_locked(c, r);
+        r = NULL;
+    }
+    pthread_mutex_unlock(&c->mu);
+    ul_client_nowait_free(r);
+    free(lease);
+    ul_client_unref(c);
+    return rc;
+}
+
+int uvmlease_on_release_error(uvmlease *c, uvmlease_release_error_fn fn, void *ctx)
+{
+    if (!c)
+        return UVMLEASE_EINVAL;
+    int rc = ul_client_enter(c);
+    if (rc)
+        return rc;
+    ul_client_on_release_error(c, fn, ctx);
+    ul_client_leave(c);
+    return 0;
+}
+
 int uvmlease_ping(uvmlease *c, uvmlease_ping_info *info)
 {
     if (info)

@@ -22,11 +22,13 @@
  * comment says otherwise. Strings passed in are copied; nothing returned
  * needs freeing except where stated.
  *
- * Threads: a connection handle may be shared by any number of threads. Each
- * handle runs one background thread that owns its socket, so a thread
- * blocked in uvmlease_acquire() never delays another thread's phase report
- * or release. Every acquire is its own waiter: two threads of one process
- * asking for the same confidential UVM queue behind each other.
+ * Threads: a connection handle may be shared by any number of threads. A
+ * call made while nothing else is in flight on the handle does its round
+ * trip on the calling thread; while calls overlap, the handle's background
+ * thread drives its socket, so a thread blocked in uvmlease_acquire() never
+ * delays another thread's phase report or release. Every acquire is its
+ * own waiter: two threads of one process asking for the same confidential
+ * UVM queue behind each other.
  *
  * fork(): handles do not survive fork(). In the child every call on an
  * inherited handle returns UVMLEASE_ECLOSED and uvmlease_close() does
@@ -221,6 +223,57 @@ UVMLEASE_API int uvmlease_watch_child(uvmlease_lease *lease, pid_t child);
  * Blocks for one round trip. Thread-safe with respect to other leases.
  */
 UVMLEASE_API int uvmlease_release(uvmlease_lease *lease);
+
+/* uvmlease_release_nowait() and uvmlease_on_release_error() exist. */
+#define UVMLEASE_HAVE_RELEASE_NOWAIT 1
+
+/*
+ * Release a lease without waiting for the broker's answer, and free the
+ * handle whatever the outcome (lease must not be used afterwards, except in
+ * a forked child, where nothing is touched and UVMLEASE_ECLOSED is
+ * returned). Returns once the release is handed to the transport: sent by
+ * the calling thread when nothing else is in flight on the connection, or
+ * else queued behind what is. Every later request of this connection is
+ * sent after it, and the broker handles one connection's requests in
+ * order, so an acquire made afterwards on the same connection never
+ * overtakes it (it is not refused as "busy" by this very lease). The
+ * library keeps the release until the broker answers it, sends it again to
+ * a restarted broker (the same request id; "no such lease" then counts as
+ * done), and uvmlease_close() waits for it as for a release it queued
+ * itself (at most UVMLEASE_CLOSE_TIMEOUT_MS).
+ * What the caller gives up: the answer. An answer other than success
+ * (UVMLEASE_EREVOKED: an administrator had already taken the lease away;
+ * UVMLEASE_ENOTOWNER, UVMLEASE_ENOLEASE, ...) reaches only the handler set
+ * with uvmlease_on_release_error(), later and on another thread; without a
+ * handler it is dropped. A broker that does not answer is not reported
+ * (the library keeps sending, as uvmlease_release() does after
+ * UVMLEASE_ENOBROKER; the broker releases the lease anyway when this
+ * process exits).
+ * Returns UVMLEASE_OK (sent or queued), UVMLEASE_EREVOKED (the library
+ * already knew the lease was revoked: nothing is sent), UVMLEASE_ECLOSED
+ * (the connection was closed, which released it), UVMLEASE_EINVAL (NULL);
+ * if the request cannot be built (UVMLEASE_ENOMEM) it falls back to
+ * uvmlease_release() and returns what that returns.
+ * Does not block on the broker. Thread-safe with respect to other leases.
+ */
+UVMLEASE_API int uvmlease_release_nowait(uvmlease_lease *lease);
+
+/* Told of a uvmlease_release_nowait() the broker refused: the lease's ID
+ * (uvmlease_lease_id()) and the status. */
+typedef void (*uvmlease_release_error_fn)(void *ctx, uint64_t lease_id, int status);
+
+/*
+ * Set (or with NULL, clear) the handler of failed uvmlease_release_nowait()
+ * calls on c. It runs on the library's thread, one call at a time, in the
+ * order of the broker's answers, without library locks held; it must not
+ * block for long nor call functions on c (their answers would wait for that
+ * very thread); other handles are fine. When this returns, the previous
+ * handler is not running and will not be called again, so its ctx may be
+ * freed. Failures that arrive without a handler are dropped.
+ * Returns UVMLEASE_OK, UVMLEASE_EINVAL (c is NULL) or UVMLEASE_ECLOSED.
+ * Thread-safe; not from within the handler itself.
+ */
+UVMLEASE_API int uvmlease_on_release_error(uvmlease *c, uvmlease_release_error_fn fn, void *ctx);
 
 /*
  * Ask the broker who it is and time the round trip. info may be NULL.

@@ -640,6 +640,27 @@ Test(client, release_and_phase_are_not_delayed_by_a_blocked_acquire)
     uvmlease_close(c);
 }
 
+/* The fast path: with nothing else in flight the calling thread does its
+ * own round trip; the I/O thread never takes the socket. */
+Test(client, calls_on_an_idle_handle_leave_the_io_thread_parked)
+{
+    uvmlease *c = conn();
+    unsigned long turns = ul_client_io_turns(c);
+    for (int i = 0; i < 20; i++) {
+        uvmlease_lease *l;
+        cr_assert_eq(
+            uvmlease_acquire(c, UVM_A, UVMLEASE_CONFIDENTIAL, "", UVMLEASE_TRY, NULL, NULL, &l),
+            UVMLEASE_OK);
+        cr_assert_eq(uvmlease_phase(l, "cim-mount"), UVMLEASE_OK);
+        cr_assert_eq(uvmlease_release(l), UVMLEASE_OK);
+        cr_assert_eq(uvmlease_ping(c, NULL), UVMLEASE_OK);
+    }
+    cr_assert_eq(ul_client_io_turns(c), turns, "the I/O thread took %lu turns",
+                 ul_client_io_turns(c) - turns);
+    cr_assert_eq(ul_client_outstanding(c), 0);
+    uvmlease_close(c);
+}
+
 Test(client, two_threads_queue_behind_each_other)
 {
     uvmlease *c = conn();
@@ -721,6 +742,111 @@ Test(client, handles_do_not_cross_fork)
     cr_assert_eq(uvmlease_phase(l, "still-mine"), UVMLEASE_OK);
     cr_assert_eq(uvmlease_release(l), UVMLEASE_OK);
     uvmlease_close(c);
+}
+
+/* ---------------------------------------------------- release_nowait */
+
+/* Failed nowait releases as the handler saw them. */
+typedef struct rel_errs {
+    pthread_mutex_t mu;
+    int n;
+    uint64_t lease;
+    int status;
+    pthread_t thread;
+} rel_errs;
+
+static void s_rel_err(void *ctx, uint64_t lease, int status)
+{
+    rel_errs *e = ctx;
+    pthread_mutex_lock(&e->mu);
+    e->n++;
+    e->lease = lease;
+    e->status = status;
+    e->thread = pthread_self();
+    pthread_mutex_unlock(&e->mu);
+}
+
+static int rel_errs_n(rel_errs *e)
+{
+    pthread_mutex_lock(&e->mu);
+    int n = e->n;
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+static bool s_rel_err_seen(void *p)
+{
+    return rel_errs_n(p) > 0;
+}
+
+static bool s_rel_err_two(void *p)
+{
+    return rel_errs_n(p) > 1;
+}
+
+typedef struct nowait_cycles {
+    pthread_t t;
+    uvmlease *c;
+    const char *uvm;
+    int n, done, rc;
+} nowait_cycles;
+
+/* Acquire (try) and release_nowait, n times: every acquire must find the
+ * UVM free, i.e. no acquire may overtake the release before it. */
+static void *s_nowait_cycles(void *p)
+{
+    nowait_cycles *x = p;
+    for (x->done = 0; x->done < x->n; x->done++) {
+        uvmlease_lease *l;
+        x->rc = uvmlease_acquire(x->c, x->uvm, UVMLEASE_CONFIDENTIAL, "cycle", UVMLEASE_TRY, NULL,
+                                 NULL, &l);
+        if (!x->rc)
+            x->rc = uvmlease_release_nowait(l);
+        if (x->rc)
+            break;
+    }
+    return NULL;
+}
+
+Test(client, an_acquire_after_release_nowait_finds_the_lease_free)
+{
+    uvmlease *c = conn();
+    rel_errs e = {.n = 0};
+    pthread_mutex_init(&e.mu, NULL);
+    cr_assert_eq(uvmlease_on_release_error(c, s_rel_err, &e), UVMLEASE_OK);
+    nowait_cycles one = {.c = c, .uvm = UVM_A, .n = 300};
+    s_nowait_cycles(&one);
+    cr_assert_eq(one.rc, UVMLEASE_OK, "cycle %d: %s", one.done, uvmlease_strerror(one.rc));
+
+    /* Two threads on one handle: releases queue behind the other
+     * thread's requests and must still go out before their own next
+     * acquire. */
+    nowait_cycles two[2] = {{.c = c, .uvm = UVM_A, .n = 200}, {.c = c, .uvm = UVM_B, .n = 200}};
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&two[i].t, NULL, s_nowait_cycles, &two[i]), 0);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(two[i].t, NULL);
+        cr_assert_eq(two[i].rc, UVMLEASE_OK, "thread %d, cycle %d: %s", i, two[i].done,
+                     uvmlease_strerror(two[i].rc));
+    }
+    wait_settled(c); /* every release acknowledged */
+    cr_assert_eq(rel_errs_n(&e), 0, "a release failed: %s", uvmlease_strerror(e.status));
+    cr_assert_eq(child_try(UVM_A, true, UVMLEASE_TRY), 0, "the last release was done");
+    cr_assert_eq(child_try(UVM_B, true, UVMLEASE_TRY), 0, "the last release was done");
+    uvmlease_close(c);
+}
+
+Test(client, release_nowait_of_a_lease_close_released_says_closed)
+{
+    uvmlease *c = conn();
+    uvmlease_lease *l;
+    cr_assert_eq(uvmlease_acquire(c, UVM_A, UVMLEASE_CONFIDENTIAL, "", 0, NULL, NULL, &l),
+                 UVMLEASE_OK);
+    uvmlease_close(c);
+    cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_ECLOSED);
+    cr_assert_eq(child_try(UVM_A, true, UVMLEASE_TRY), 0, "close released it");
+    cr_assert_eq(uvmlease_release_nowait(NULL), UVMLEASE_EINVAL);
+    cr_assert_eq(uvmlease_on_release_error(NULL, NULL, NULL), UVMLEASE_EINVAL);
 }
 
 static void s_quiet(void *ctx, ul_log_level level, const char *line)
@@ -1161,6 +1287,183 @@ Test(fake, garbage_and_strays_are_ignored)
     cr_assert_eq(bg_acquire_join(&a, 2000), UVMLEASE_OK);
     cr_assert_eq(uvmlease_lease_id(a.lease), 41);
     fake_release(f, a.lease, 41);
+    uvmlease_close(c);
+}
+
+/* ------------------------------------------ release_nowait, scripted */
+
+/* A lease granted at once by the fake. */
+static uvmlease_lease *fake_acquire(fake *f, uvmlease *c, const char *uvm, uint64_t lease)
+{
+    bg_acquire a;
+    bg_acquire_start(&a, c, uvm, UVMLEASE_CONFIDENTIAL, UVMLEASE_TRY, NULL);
+    ul_request q;
+    fake_expect(f, &q, UL_OP_ACQUIRE, 5000);
+    cr_assert_str_eq(q.uvm, uvm);
+    fake_grant(f, UL_MSG_REPLY, q.rid, lease, 1);
+    cr_assert_eq(bg_acquire_join(&a, 2000), UVMLEASE_OK);
+    return a.lease;
+}
+
+Test(fake, release_nowait_returns_before_the_answer_and_keeps_the_release_until_it)
+{
+    fake *f = &s_fake;
+    uvmlease *c = fake_conn(f);
+    rel_errs e = {.n = 0};
+    pthread_mutex_init(&e.mu, NULL);
+    uvmlease_on_release_error(c, s_rel_err, &e);
+    uvmlease_lease *l = fake_acquire(f, c, UVM_A, 60);
+
+    /* The fake answers only when told: a release that waited for it
+     * would block here for UVMLEASE_CALL_TIMEOUT_MS. */
+    uint64_t t0 = ul_now_ms();
+    cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_OK);
+    cr_assert_lt(ul_now_ms() - t0, 500, "release_nowait waited for the broker");
+    ul_request q;
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    cr_assert_eq(q.lease, 60);
+    cr_assert_eq(ul_client_outstanding(c), 1, "kept until answered");
+    fake_answer(f, &q, 0);
+    wait_settled(c);
+    cr_assert_eq(rel_errs_n(&e), 0);
+    cr_assert_eq(fake_recv(f, &q, 300), -1, "sent once: got %s", ul_op_name(q.op));
+    uvmlease_close(c);
+}
+
+Test(fake, a_failed_release_nowait_reaches_the_handler_on_the_library_thread)
+{
+    fake *f = &s_fake;
+    uvmlease *c = fake_conn(f);
+    rel_errs e = {.n = 0};
+    pthread_mutex_init(&e.mu, NULL);
+    uvmlease_on_release_error(c, s_rel_err, &e);
+    uvmlease_lease *l = fake_acquire(f, c, UVM_A, 61);
+    cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_OK);
+    ul_request q;
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    /* Nobody calls afterwards: the library's thread reads the answer. */
+    fake_answer(f, &q, UVMLEASE_EREVOKED);
+    cr_assert(ut_wait_until(s_rel_err_seen, &e, 5000), "the failure was not reported");
+    pthread_mutex_lock(&e.mu);
+    cr_assert_eq(e.n, 1);
+    cr_assert_eq(e.lease, 61);
+    cr_assert_eq(e.status, UVMLEASE_EREVOKED);
+    cr_assert_not(pthread_equal(e.thread, pthread_self()));
+    pthread_mutex_unlock(&e.mu);
+    wait_settled(c);
+
+    /* An answer that the next call reads, before its own (or the
+     * library's thread, if it is first): the handler is told, on the
+     * library's thread, and the call is not concerned. */
+    l = fake_acquire(f, c, UVM_A, 62);
+    cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_OK);
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    fake_answer(f, &q, UVMLEASE_ENOTOWNER);
+    l = fake_acquire(f, c, UVM_B, 63);
+    cr_assert(ut_wait_until(s_rel_err_two, &e, 5000), "the second failure was not reported");
+    fake_release(f, l, 63);
+    pthread_mutex_lock(&e.mu);
+    cr_assert_eq(e.n, 2, "reported %d failures", e.n);
+    cr_assert_eq(e.lease, 62);
+    cr_assert_eq(e.status, UVMLEASE_ENOTOWNER);
+    cr_assert_not(pthread_equal(e.thread, pthread_self()));
+    pthread_mutex_unlock(&e.mu);
+    uvmlease_close(c);
+}
+
+Test(fake, release_nowait_is_sent_again_to_a_restarted_broker)
+{
+    fake *f = &s_fake;
+    uvmlease *c = fake_conn(f);
+    rel_errs e = {.n = 0};
+    pthread_mutex_init(&e.mu, NULL);
+    uvmlease_on_release_error(c, s_rel_err, &e);
+    uvmlease_lease *l = fake_acquire(f, c, UVM_A, 64);
+    cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_OK);
+    ul_request q;
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    uint64_t rid = q.rid;
+    /* Lost in a crash: the next ping's answer comes from a new instance. */
+    f->bi = 0x3333;
+    fake_expect(f, &q, UL_OP_RELEASE, 3 * UL_CLIENT_PING_MS + 1000);
+    cr_assert_eq(q.rid, rid, "re-sent with the same rid");
+    cr_assert_eq(q.lease, 64);
+    /* It had been done before the crash after all. */
+    fake_answer(f, &q, UVMLEASE_ENOLEASE);
+    wait_settled(c);
+    cr_assert_eq(rel_errs_n(&e), 0, "no-such-lease after a re-send is success, got %s",
+                 uvmlease_strerror(e.status));
+    uvmlease_close(c);
+}
+
+/* A release-error handler that holds the library's thread until told. */
+typedef struct rel_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool inside, let_go;
+} rel_gate;
+
+static void s_rel_gate(void *ctx, uint64_t lease, int status)
+{
+    (void)lease;
+    (void)status;
+    rel_gate *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    g->inside = true;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->let_go)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static bool s_rel_gate_inside(void *p)
+{
+    rel_gate *g = p;
+    pthread_mutex_lock(&g->mu);
+    bool in = g->inside;
+    pthread_mutex_unlock(&g->mu);
+    return in;
+}
+
+Test(fake, requests_after_a_queued_release_nowait_do_not_overtake_it)
+{
+    fake *f = &s_fake;
+    uvmlease *c = fake_conn(f);
+    rel_gate g = {.inside = false};
+    pthread_mutex_init(&g.mu, NULL);
+    pthread_cond_init(&g.cv, NULL);
+    uvmlease_on_release_error(c, s_rel_gate, &g);
+
+    /* Hold the library's thread (it owns the socket) in the handler, so
+     * that the release and the acquire after it are both queued when it
+     * comes back to send them. */
+    uvmlease_lease *l = fake_acquire(f, c, UVM_A, 71);
+    uvmlease_lease *other = fake_acquire(f, c, UVM_B, 70);
+    cr_assert_eq(uvmlease_release_nowait(other), UVMLEASE_OK);
+    ul_request q;
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    fake_answer(f, &q, UVMLEASE_EREVOKED);
+    cr_assert(ut_wait_until(s_rel_gate_inside, &g, 5000), "the handler was not called");
+
+    cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_OK);
+    bg_acquire a;
+    bg_acquire_start(&a, c, UVM_A, UVMLEASE_CONFIDENTIAL, UVMLEASE_TRY, NULL);
+    pred_ctx two = {c, 2};
+    cr_assert(ut_wait_until(s_outstanding_is, &two, 5000), "release and acquire not queued");
+    cr_assert_eq(fake_recv(f, &q, 100), -1, "sent while the owner was away: %s", ul_op_name(q.op));
+    pthread_mutex_lock(&g.mu);
+    g.let_go = true;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    cr_assert_eq(q.lease, 71);
+    fake_answer(f, &q, 0);
+    fake_expect(f, &q, UL_OP_ACQUIRE, 5000);
+    cr_assert_str_eq(q.uvm, UVM_A);
+    fake_grant(f, UL_MSG_REPLY, q.rid, 72, 2);
+    cr_assert_eq(bg_acquire_join(&a, 2000), UVMLEASE_OK);
+    fake_release(f, a.lease, 72);
     uvmlease_close(c);
 }
 

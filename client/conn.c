@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -53,10 +52,7 @@ uint64_t ul_client_rid(void)
 
 static void s_wake(uvmlease *c)
 {
-    uint64_t one = 1;
-    /* EAGAIN means the counter is saturated: the thread is awake anyway. */
-    ssize_t n = write(c->wakefd, &one, sizeof one);
-    (void)n;
+    ul_wakeup_signal(c->wakefd);
 }
 
 static void s_abstime(uint64_t ms, struct timespec *ts)
@@ -604,11 +600,8 @@ static void s_turn_locked(uvmlease *c, int limit_ms)
         {.fd = c->wakefd, .events = ZMQ_POLLIN},
     };
     int n = zmq_poll(items, 2, timeout);
-    if (n > 0 && (items[1].revents & ZMQ_POLLIN)) {
-        uint64_t v;
-        ssize_t rd = read(c->wakefd, &v, sizeof v);
-        (void)rd;
-    }
+    if (n > 0 && (items[1].revents & ZMQ_POLLIN))
+        ul_wakeup_clear(c->wakefd);
     if (n > 0 && (items[0].revents & ZMQ_POLLIN))
         s_receive(c);
     pthread_mutex_lock(&c->mu);
@@ -664,7 +657,7 @@ static void *s_io_main(void *arg)
 
 int ul_client_io_start(uvmlease *c)
 {
-    c->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->wakefd = ul_wakeup_new();
     if (c->wakefd < 0)
         return UVMLEASE_ESYSTEM;
 

@@ -141,7 +141,7 @@ static struct {
     const char *uvmleasectl;
     const char *server_cpus; /* NULL: not pinned */
     const char *client_cpus;
-    cpu_set_t server_set, client_set;
+    cpu_set_t server_set, client_set, all_set; /* all_set: as started */
     bool keep;
     counts n;
 } g;
@@ -152,6 +152,13 @@ static int *g_failures;  /* shared: operations that failed, any process */
 static json_t *g_json;
 
 enum role { ROLE_SERVER, ROLE_CLIENT };
+
+/* Under ASan the shadow memory makes memory figures meaningless. */
+#ifdef UL_SANITIZED
+static const bool k_sanitized = true;
+#else
+static const bool k_sanitized = false;
+#endif
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -279,9 +286,9 @@ static int s_parse_cpus(const char *s, cpu_set_t *set)
 
 static void s_pin(enum role r)
 {
-    const char *spec = r == ROLE_SERVER ? g.server_cpus : g.client_cpus;
-    if (spec && sched_setaffinity(0, sizeof(cpu_set_t),
-                                  r == ROLE_SERVER ? &g.server_set : &g.client_set) < 0)
+    const cpu_set_t *set = r == ROLE_SERVER ? (g.server_cpus ? &g.server_set : &g.all_set)
+                                            : (g.client_cpus ? &g.client_set : &g.all_set);
+    if ((g.server_cpus || g.client_cpus) && sched_setaffinity(0, sizeof(cpu_set_t), set) < 0)
         s_fail("sched_setaffinity: %s", strerror(errno));
 }
 
@@ -481,8 +488,10 @@ static void s_print_table(void)
         char val[32];
         if (!isfinite(r->v))
             snprintf(val, sizeof val, "n/a");
-        else if (fabs(r->v) >= 1000)
+        else if (fabs(r->v) >= 1000 || r->v == floor(r->v))
             snprintf(val, sizeof val, "%.0f", r->v);
+        else if (fabs(r->v) < 1)
+            snprintf(val, sizeof val, "%.3f", r->v);
         else
             snprintf(val, sizeof val, "%.2f", r->v);
         printf("%-34s %14s  %-4s  %s%s%s\n", r->key, val, r->unit, r->note,
@@ -1519,29 +1528,25 @@ static void s_scale(void)
         json_object_set_new(o, "cycle_p50_us", json_real(cyc[lv]));
         json_object_set_new(o, "list_s", isfinite(lst[lv]) ? json_real(lst[lv]) : json_null());
         json_object_set_new(o, "list_json_s", isfinite(lsj[lv]) ? json_real(lsj[lv]) : json_null());
-#ifndef UL_SANITIZED
-        json_object_set_new(o, "rss_kb", json_integer(rss[lv]));
-        json_object_set_new(o, "rss_anon_kb", json_integer(anon[lv]));
-#endif
+        if (!k_sanitized) {
+            json_object_set_new(o, "rss_kb", json_integer(rss[lv]));
+            json_object_set_new(o, "rss_anon_kb", json_integer(anon[lv]));
+        }
         json_array_append_new(levels, o);
     }
     json_object_set_new(g_json, "scale", levels);
     for (int lv = 1; lv < 3; lv++) {
         char key[64];
-        double per = NAN, per_anon = NAN;
-#ifndef UL_SANITIZED
-        per = (double)(rss[lv] - rss[0]) * 1024.0 / (g.n.scale[lv] - g.n.scale[0]);
-        per_anon = (double)(anon[lv] - anon[0]) * 1024.0 / (g.n.scale[lv] - g.n.scale[0]);
-#endif
         snprintf(key, sizeof key, "bytes_per_lease_%s", suffix[lv]);
-        s_fig(key, per, "B",
-#ifdef UL_SANITIZED
-              "not measured under ASan"
-#else
+        if (k_sanitized) {
+            s_fig(key, NAN, "B", "not measured under ASan (shadow memory)");
+            continue;
+        }
+        double span = g.n.scale[lv] - g.n.scale[0];
+        s_fig(key, (double)(rss[lv] - rss[0]) * 1024.0 / span, "B",
               "broker VmRSS %ld -> %ld kB over %d -> %d held; RssAnon alone %.0f B/lease",
-              rss[0], rss[lv], g.n.scale[0], g.n.scale[lv], per_anon
-#endif
-        );
+              rss[0], rss[lv], g.n.scale[0], g.n.scale[lv],
+              (double)(anon[lv] - anon[0]) * 1024.0 / span);
     }
     for (int lv = 0; lv < 3; lv++) {
         char key[64];
@@ -1633,9 +1638,7 @@ static void s_aged(double floor_p50_us)
     }
     stats sf = s_stats(vf, per * rounds), sa = s_stats(va, per * rounds);
     double lfm = s_median_of(lf, nl * rounds), lam = s_median_of(la, nl * rounds);
-#ifndef UL_SANITIZED
     long rss_f = s_status_kb(fresh.pid, "VmRSS"), rss_a = s_status_kb(aged.pid, "VmRSS");
-#endif
     s_daemon_stop(&fresh);
     s_daemon_stop(&aged);
     s_kill(hf);
@@ -1652,9 +1655,8 @@ static void s_aged(double floor_p50_us)
     s_fig("fresh_list_json_s", lfm, "s", "uvmleasectl --json list, %d leases", g.n.aged_leases);
     s_fig("aged_list_json_s", lam, "s", NULL);
     s_fig("aged_list_ratio", lam / lfm, "x", "aged / fresh");
-#ifndef UL_SANITIZED
-    s_fig("aged_rss_kb", (double)rss_a, "kB", "fresh broker: %ld kB", rss_f);
-#endif
+    if (!k_sanitized)
+        s_fig("aged_rss_kb", (double)rss_a, "kB", "fresh broker: %ld kB", rss_f);
     s_unshare(vf, sizeof(double) * (size_t)(per * rounds));
     s_unshare(va, sizeof(double) * (size_t)(per * rounds));
     free(lf);
@@ -1710,6 +1712,10 @@ int main(int argc, char **argv)
     g.n = g.quick ? k_quick : k_full;
     signal(SIGPIPE, SIG_IGN);
     g_failures = s_shared(sizeof *g_failures);
+    sched_getaffinity(0, sizeof g.all_set, &g.all_set);
+    /* The coordinator takes part as a client: it kills the holder and
+     * polls its pidfd in the crash handoff. */
+    s_pin(ROLE_CLIENT);
     if (!mkdtemp(g_dir))
         s_die("mkdtemp");
     g_json = json_object();
@@ -1731,8 +1737,7 @@ int main(int argc, char **argv)
     uname(&u);
     char kernel[600];
     snprintf(kernel, sizeof kernel, "%s %s %s %s", u.sysname, u.release, u.version, u.machine);
-    cpu_set_t all;
-    sched_getaffinity(0, sizeof all, &all);
+    cpu_set_t all = g.all_set;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     json_object_set_new(g_json, "mode", json_string(g.quick ? "quick" : "full"));
     json_object_set_new(g_json, "kernel", json_string(kernel));
@@ -1808,9 +1813,10 @@ int main(int argc, char **argv)
         extra[i] = cr[i] - k2e[i];
     stats cr_s = s_stats(cr, nc), k2e_s = s_stats(k2e, nc), ex_s = s_stats(extra, nc);
     stats fcr_s = s_stats(fcr, nc), fk2e_s = s_stats(fk2e, nc);
+    free(extra);
     s_daemon_stop(&d);
 
-    double floor = echo_s.p50;
+    double floor_us = echo_s.p50;
     char h[200];
     snprintf(h, sizeof h, "1. floor (%zu-byte messages; echo and cycle alternate in %d rounds)",
              g_msg_len, g.n.rounds);
@@ -1827,12 +1833,12 @@ int main(int argc, char **argv)
     s_heading("2. latency through libuvmlease (uvmleased in its own process)");
     s_fig("cycle_p50_us", cyc_s.p50, "us", "acquire granted at once + release; n=%d", cyc_s.n);
     s_fig("cycle_p99_us", cyc_s.p99, "us", "%.2fx floor p99", cyc_s.p99 / echo_s.p99);
-    s_fig("cycle_ratio", cyc_s.p50 / floor, "x", "cycle p50 / floor p50");
+    s_fig("cycle_ratio", cyc_s.p50 / floor_us, "x", "cycle p50 / floor p50");
     s_fig("cycle_ratio_p99", cyc_s.p99 / echo_s.p99, "x", "cycle p99 / floor p99");
 #if BENCH_ASYNC
     s_fig("cycle_async_p50_us", async_s.p50, "us", "acquire + uvmlease_release_nowait; p99 %.1f us",
           async_s.p99);
-    s_fig("cycle_async_ratio", async_s.p50 / floor, "x", "cycle_async p50 / floor p50");
+    s_fig("cycle_async_ratio", async_s.p50 / floor_us, "x", "cycle_async p50 / floor p50");
 #else
     (void)async_s;
     json_object_set_new(g_json, "cycle_async_p50_us", json_null());
@@ -1889,7 +1895,7 @@ int main(int argc, char **argv)
 
     /* ---- 6 ---- */
     s_progress("aged: %d leases held, %d cycles", g.n.aged_leases, g.n.aged_cycles);
-    s_aged(floor);
+    s_aged(floor_us);
 
     s_print_table();
     int failures = *g_failures;

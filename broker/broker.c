@@ -339,10 +339,12 @@ static int s_open_state(uvmlease_broker *b, char *err, size_t errsz)
         free(ld.recs);
         return UVMLEASE_ESYSTEM;
     }
-    size_t restored = ul_persist_restore(b, &ld);
-    s_log_journal(b, &ld, restored);
+    size_t restored = 0;
+    rc = ul_persist_restore(b, &ld, &restored, err, errsz);
+    if (rc == 0)
+        s_log_journal(b, &ld, restored);
     free(ld.recs);
-    return 0;
+    return rc;
 }
 
 static int s_open_socket(uvmlease_broker *b, char *err, size_t errsz)

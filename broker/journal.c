@@ -252,9 +252,14 @@ static int s_put_record(ul_journal *j, const ul_jrec *r, uint32_t *slot_out)
     unsigned char b[UL_JOURNAL_SLOT];
     uint32_t slot = j->free_stack[j->n_free - 1];
     rc = s_write(j, b, s_rec_encode(r, ++j->seq, b), s_slot_off(slot));
-    if (rc)
-        return rc;
     j->n_free--;
+    if (rc) {
+        /* What reached the slot may complete a stale body into a record
+         * that reads whole: it is cleared (retried) before the slot is
+         * used again, like a failed release. */
+        j->pending[j->n_pending++] = slot;
+        return rc;
+    }
     *slot_out = slot;
     return 0;
 }
@@ -291,8 +296,10 @@ int ul_journal_child(ul_journal *j, const ul_jrec *r)
     if (rc)
         return rc;
     *cur = slot;
-    /* The new copy has the higher sequence: a failed clear of the old one
-     * loses nothing, it is only retried. */
+    /* The new copy has the higher sequence, so a failed clear of the old
+     * one loses nothing now; but until it is cleared a later release would
+     * leave the old copy behind: the journal is unhealthy until
+     * ul_journal_retry, and the caller must hold grants back meanwhile. */
     s_clear(j, old);
     return 0;
 }
@@ -410,13 +417,32 @@ static bool s_rec_valid(const unsigned char *b, const ul_jrec *r, uint64_t seq)
            ul_text_check(r->label, strlen(r->label), UL_MAX_LABEL) == 0;
 }
 
+/* A magic cut short: the first bytes of a record's magic over a cleared
+ * one (a grant's write), or the first bytes of a clear over a record's (a
+ * release's). Either write was never acknowledged. */
+static bool s_magic_torn(const unsigned char *b)
+{
+    unsigned char m[4];
+    s_put32(m, S_REC_MAGIC);
+    for (int k = 1; k < 4; k++) {
+        bool head = true, tail = true;
+        for (int i = 0; i < 4; i++) {
+            head &= i < k ? b[i] == m[i] : b[i] == 0;
+            tail &= i < k ? b[i] == 0 : b[i] == m[i];
+        }
+        if (head || tail)
+            return true;
+    }
+    return false;
+}
+
 static s_state s_rec_decode(const unsigned char *b, ul_jrec *r, uint64_t *seq)
 {
     uint32_t magic = s_get32(b);
     if (magic == 0)
         return S_FREE;
     if (magic != S_REC_MAGIC)
-        return S_BAD;
+        return s_magic_torn(b) ? S_TORN : S_BAD;
     size_t ul = (size_t)b[70] | (size_t)b[71] << 8, ll = (size_t)b[72] | (size_t)b[73] << 8;
     /* Our magic with lengths or a CRC that do not add up: a record whose
      * write was cut short. */
@@ -619,21 +645,21 @@ static int s_alloc(ul_journal *j)
 }
 
 /* Index the live records at their slots; every other slot is free. */
-static void s_index(ul_journal *j, const s_scan *sc, const uint32_t *slot_of)
+static int s_index(ul_journal *j, const s_scan *sc, const uint32_t *slot_of)
 {
     bool *used = calloc(j->slots, sizeof *used);
+    if (!used)
+        return UVMLEASE_ENOMEM;
     for (size_t i = 0; i < sc->n_live; i++) {
         s_map_put(j, sc->live[i].rec.lease, slot_of[i]);
-        if (used)
-            used[slot_of[i]] = true;
+        used[slot_of[i]] = true;
     }
     j->n_free = 0;
     for (uint32_t s = j->slots; s-- > 0;)
-        if (!used || !used[s])
+        if (!used[s])
             j->free_stack[j->n_free++] = s;
-    if (!used) /* out of memory: only the live slots' order is lost */
-        j->n_free -= (uint32_t)sc->n_live;
     free(used);
+    return 0;
 }
 
 /* Write the live records into a fresh file of j->slots slots and put it in
@@ -668,9 +694,9 @@ static int s_rebuild(ul_journal *j, s_scan *sc, char *err, size_t errsz)
         return rc;
     }
     close(old);
-    s_index(j, sc, slot_of);
+    rc = s_index(j, sc, slot_of);
     free(slot_of);
-    return 0;
+    return rc;
 }
 
 /* Use the file in place: clear what was rolled back, then write a fresh
@@ -682,10 +708,9 @@ static int s_adopt(ul_journal *j, s_scan *sc, char *err, size_t errsz)
         return UVMLEASE_ENOMEM;
     for (size_t i = 0; i < sc->n_live; i++)
         slot_of[i] = sc->live[i].slot;
-    s_index(j, sc, slot_of);
+    int rc = s_index(j, sc, slot_of);
     free(slot_of);
     static const unsigned char zero[4];
-    int rc = 0;
     for (size_t i = 0; i < sc->n_clear && !rc; i++)
         rc = s_write(j, zero, sizeof zero, s_slot_off(sc->clear[i]));
     if (!rc)

@@ -92,7 +92,10 @@ void ul_journal_close(ul_journal **j);
  */
 int ul_journal_grant(ul_journal *j, const ul_jrec *r);
 /* Rewrite a journalled lease with its watched child (r->lease names it).
- * 0, UVMLEASE_ENOLEASE (not journalled), ERESOURCE or ESYSTEM. */
+ * 0 once the new copy is written — if clearing the old copy failed, the
+ * journal is unhealthy until ul_journal_retry (check it: a release before
+ * then would leave the old copy behind) — UVMLEASE_ENOLEASE (not
+ * journalled), ERESOURCE or ESYSTEM. */
 int ul_journal_child(ul_journal *j, const ul_jrec *r);
 /* Record a release. 0 (also for a lease never journalled) or ESYSTEM: the
  * clear is retried by ul_journal_retry and the journal is unhealthy until

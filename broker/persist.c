@@ -108,8 +108,15 @@ static int s_child_write(uvmlease_broker *b, uint64_t lease)
 int ul_persist_child(uvmlease_broker *b, uint64_t lease, const struct bproc *child)
 {
     (void)child; /* the lease already names it */
-    if (!b->journal_failing && s_child_write(b, lease) == 0)
+    if (!b->journal_failing && s_child_write(b, lease) == 0) {
+        /* The new copy is written; a failed clear of the old one still
+         * leaves the journal unhealthy, and until the retry has cleared it
+         * a release would leave that copy behind: nothing new is granted
+         * meanwhile. */
+        if (!ul_journal_healthy(b->journal))
+            s_failing(b);
         return 0;
+    }
     /* Kept for the retry: the anchor holds in memory, and grants stay
      * suspended until it is on disk too. */
     if (s_child_pending_add(b, lease) < 0)
@@ -141,7 +148,8 @@ uint64_t ul_persist_tick(uvmlease_broker *b, uint64_t now)
         ul_log(&b->log, UL_LOG_WARN, "lease journal writable again: grants resumed", "path",
                ul_journal_path(b->journal), "failed_ms", ms, NULL);
         lt_resume(b->table, now);
-        return LT_NEVER;
+        /* A grant inside the resume may have failed again. */
+        return b->journal_failing ? b->journal_retry_at : LT_NEVER;
     }
     if (now >= b->journal_nag_at) {
         b->journal_nag_at = now + S_NAG_MS;
@@ -166,16 +174,24 @@ int ul_persist_open(uvmlease_broker *b, ul_journal_load *ld, char *err, size_t e
         snprintf(err, errsz, "runtime directory path too long");
         return UVMLEASE_EINVAL;
     }
-    return ul_journal_open(&b->journal, path, b->max_leases, b->cfg.force_journal,
+    /* One slot per lease the broker may hold, plus one: attaching a child
+     * writes the new copy before it clears the old. */
+    return ul_journal_open(&b->journal, path, b->max_leases + 1, b->cfg.force_journal,
                            b->cfg.journal_write, b->cfg.journal_write_ctx, ld, err, errsz);
 }
 
 /* A journalled process still alive as the same process (pid and start
  * time), tracked; NULL otherwise. */
-static bproc *s_same_proc(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64_t start)
+/* A journalled process still alive as the same process (pid and start
+ * time), tracked; NULL otherwise. *unknown when that cannot be told (out
+ * of descriptors, /proc unreadable): then nothing may be assumed. */
+static bproc *s_same_proc(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64_t start,
+                          bool *unknown)
 {
     int err = 0;
     bproc *p = pid ? ul_broker_proc_get(b, pid, uid, &err) : NULL;
+    if (!p && pid && err != UVMLEASE_EPEER)
+        *unknown = true;
     if (p && (p->start_time != start || p->uid != uid)) {
         ul_broker_proc_maybe_forget(b, p); /* the pid was reused */
         return NULL;
@@ -200,38 +216,52 @@ static int s_restore_one(uvmlease_broker *b, const ul_jrec *r, bproc *h, bproc *
     return rc;
 }
 
-size_t ul_persist_restore(uvmlease_broker *b, const ul_journal_load *ld)
+/* The holder died while no broker ran: an abnormal release. Its in-flight
+ * host operations may still be settling. */
+static void s_holder_gone(uvmlease_broker *b, const ul_jrec *r, uint64_t now)
 {
-    size_t restored = 0;
+    ul_persist_release(b, r->lease);
+    if (lt_quarantine(b->table, r->uvm, r->confidential, now) != 0)
+        ul_log(&b->log, UL_LOG_ERROR, "cannot quarantine", "uvm", r->uvm, NULL);
+}
+
+int ul_persist_restore(uvmlease_broker *b, const ul_journal_load *ld, size_t *restored, char *err,
+                       size_t errsz)
+{
+    *restored = 0;
     uint64_t now = ul_now_ms();
     for (size_t i = 0; i < ld->n; i++) {
         const ul_jrec *r = &ld->recs[i];
-        bproc *h = s_same_proc(b, r->pid, r->uid, r->start_time);
-        bproc *c = r->child_pid ? s_same_proc(b, r->child_pid, r->uid, r->child_start) : NULL;
+        bool unknown = false;
+        bproc *h = s_same_proc(b, r->pid, r->uid, r->start_time, &unknown);
+        bproc *c =
+            r->child_pid ? s_same_proc(b, r->child_pid, r->uid, r->child_start, &unknown) : NULL;
         char id[24], pidbuf[16];
         s_u64(id, sizeof id, r->lease);
         snprintf(pidbuf, sizeof pidbuf, "%u", r->pid);
-        if (!h && !c) {
-            /* The holder died while no broker ran: an abnormal release.
-             * Its in-flight host operations may still be settling. */
-            ul_persist_release(b, r->lease);
-            if (lt_quarantine(b->table, r->uvm, r->confidential, now) != 0)
-                ul_log(&b->log, UL_LOG_ERROR, "cannot quarantine", "uvm", r->uvm, NULL);
+        int rc = unknown ? UVMLEASE_ESYSTEM : !h && !c ? 0 : s_restore_one(b, r, h, c, now);
+        if (rc && !b->cfg.force_journal) {
+            /* A live holder the broker cannot put back (or cannot see)
+             * would be granted over: refuse rather than guess. */
+            snprintf(err, errsz,
+                     "cannot restore lease %s of %s (pid %s): %s; the broker will not start "
+                     "(check the holder, then start once with --force-journal)",
+                     id, r->uvm, pidbuf, unknown ? strerror(errno) : ul_status_name(rc));
+            return UVMLEASE_EBADVALUE;
+        }
+        if (rc || (!h && !c)) {
+            if (rc)
+                ul_log(&b->log, UL_LOG_ERROR, "cannot restore lease (forced start)", "uvm", r->uvm,
+                       "lease", id, "pid", pidbuf, "err", ul_status_name(rc), NULL);
+            s_holder_gone(b, r, now);
             continue;
         }
-        int rc = s_restore_one(b, r, h, c, now);
-        if (rc) {
-            ul_persist_release(b, r->lease);
-            ul_log(&b->log, UL_LOG_ERROR, "cannot restore lease", "uvm", r->uvm, "lease", id, "pid",
-                   pidbuf, "err", ul_status_name(rc), NULL);
-            continue;
-        }
-        restored++;
+        (*restored)++;
         ul_log(&b->log, UL_LOG_INFO, "restored", "uvm", r->uvm, "pid", pidbuf, "label", r->label,
                "lease", id, NULL);
     }
     ul_broker_proc_check_idle(b);
-    return restored;
+    return 0;
 }
 
 void ul_persist_close(uvmlease_broker *b)

@@ -21,9 +21,13 @@ struct bproc;
 /* Open the journal in the runtime directory (before the table exists).
  * 0 or a status with err set. *ld is the caller's to free (ld->recs). */
 int ul_persist_open(uvmlease_broker *b, ul_journal_load *ld, char *err, size_t errsz);
-/* Put back the journalled leases whose holders still run; clear the rest.
- * Returns how many were restored. */
-size_t ul_persist_restore(uvmlease_broker *b, const ul_journal_load *ld);
+/* Put back the journalled leases whose holders still run; clear the rest
+ * (an abnormal release: quarantine). 0 with *restored, or EBADVALUE with
+ * err when a lease of a live holder cannot be put back, or a holder's
+ * liveness cannot be told — unless the operator forced the start, when
+ * such a lease is treated as released. */
+int ul_persist_restore(uvmlease_broker *b, const ul_journal_load *ld, size_t *restored, char *err,
+                       size_t errsz);
 
 /* lt_config.persist: write the grant's record. */
 int ul_persist_grant(void *ctx, const lt_lease *l);

@@ -5,6 +5,7 @@
  */
 #include "procs.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,8 +168,9 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
     }
     int fd = ul_pidfd_open((pid_t)pid);
     if (fd < 0) {
-        /* The peer is already gone (ESRCH): nothing to hold for it. */
-        *err = UVMLEASE_EPEER;
+        /* Gone already (ESRCH): nothing to hold for it. Anything else
+         * (out of descriptors) says nothing about the process. */
+        *err = errno == ESRCH ? UVMLEASE_EPEER : UVMLEASE_ESYSTEM;
         return NULL;
     }
     uint64_t start = ul_proc_start_time((pid_t)pid);
@@ -176,8 +178,10 @@ bproc *ul_broker_proc_get(uvmlease_broker *b, uint32_t pid, uint32_t uid, int *e
      * here: if the pidfd already reports a death, the start time read may
      * be another process's. Nothing is held for a sender that is gone. */
     if (start == 0 || !ul_pidfd_alive(fd)) {
+        /* Dead by now, or alive but unreadable: the latter is not proof
+         * of death. */
+        *err = start == 0 && ul_pidfd_alive(fd) ? UVMLEASE_ESYSTEM : UVMLEASE_EPEER;
         close(fd);
-        *err = UVMLEASE_EPEER;
         return NULL;
     }
     p = calloc(1, sizeof *p);

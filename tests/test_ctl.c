@@ -1303,7 +1303,7 @@ Test(ctl, stats_text_and_json)
            "uvms | 0\n"
            "processes | <n>\n"
            "journal_healthy | 1\n"
-           "journal_slots | 16384\n"
+           "journal_slots | 16385\n"
            "journal_slots_used | 0\n"
            "\n"
            "HISTOGRAM                                                COUNT      MEAN       P50"

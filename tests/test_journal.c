@@ -657,3 +657,107 @@ Test(journal, broker_fences_above_marks_not_clock)
     uvmlease_broker_stop(&b);
     ut_rmrf(dir);
 }
+
+/* A write that fails after the bytes of the header: the slot's stale body
+ * could complete it into a record that reads whole, so the slot is cleared
+ * (retried) before it is used again. */
+Test(journal, failed_write_never_leaves_a_record)
+{
+    char dir[256], path[320];
+    s_fault f = {.cut = 80};
+    ul_journal_load ld;
+    ul_journal *j = s_fresh("jphantom", dir, path, 4, &f);
+    ul_jrec a, b;
+    s_rec(&a, 1, "same@vm", "same");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    cr_assert_eq(ul_journal_release(j, 1), 0);
+    s_rec(&b, 2, "same@vm", "same"); /* same id and label: same tail */
+    atomic_store(&f.mode, 2);
+    cr_assert_eq(ul_journal_grant(j, &b), UVMLEASE_ESYSTEM);
+    atomic_store(&f.mode, 0);
+    cr_assert_eq(ul_journal_retry(j), 0);
+    ul_journal_close(&j);
+    j = s_open_ok(path, 4, &ld);
+    cr_assert_eq(ld.n, 0, "the failed grant left no lease behind");
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* A magic cut short (a grant's first bytes over a cleared slot) is a torn
+ * record, rolled back, not damage that stops the start. */
+Test(journal, magic_cut_short_is_torn)
+{
+    char dir[256], path[320];
+    s_fault f = {.cut = 2};
+    ul_journal_load ld;
+    ul_journal *j = s_fresh("jmagic", dir, path, 1, &f);
+    ul_jrec a;
+    s_rec(&a, 1, "cut@vm", "");
+    cr_assert_eq(ul_journal_grant(j, &a), 0); /* the marks now cover lease 2 */
+    cr_assert_eq(ul_journal_release(j, 1), 0);
+    s_rec(&a, 2, "cut@vm", "");
+    atomic_store(&f.mode, 2);
+    cr_assert_eq(ul_journal_grant(j, &a), UVMLEASE_ESYSTEM);
+    ul_journal_close(&j);
+    int rc;
+    j = s_open(path, 1, false, &ld, &rc);
+    cr_assert_eq(rc, 0, "a torn magic must not stop the start");
+    cr_assert_eq(ld.torn, 1);
+    cr_assert_eq(ld.invalid, 0);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* watch-child writes a new copy of the record, then clears the old one.
+ * When only that clear fails, a release would leave the old copy behind:
+ * the broker must hold grants back until the clear is retried. */
+Test(journal, failed_clear_after_child_copy_holds_grants)
+{
+    s_fault f = {0};
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.max_leases = 16;
+    cfg.journal_write = s_faulty;
+    cfg.journal_write_ctx = &f;
+    char dir[256];
+    int go[2];
+    cr_assert_eq(pipe(go), 0);
+    pid_t child = ut_fork();
+    if (child == 0) {
+        char c;
+        close(go[1]);
+        _exit(read(go[0], &c, 1) < 0);
+    }
+    close(go[0]);
+    uvmlease_broker *b = ut_broker_start(&cfg, dir);
+    void *s = ut_dealer(uvmlease_broker_endpoint(b));
+    ul_reply rep;
+    cr_assert_eq(ut_acquire(s, "cx@vm", true, "run", 0, &rep, NULL, NULL, 5000), 0);
+    uint64_t lease = rep.lease;
+    ul_reply_free(&rep);
+    atomic_store(&f.only4, 1); /* the copy is written, the clear fails */
+    atomic_store(&f.mode, 1);
+    ul_request q;
+    ut_req(&q, UL_OP_WATCH_CHILD);
+    q.lease = lease;
+    q.pid = (uint32_t)child;
+    cr_assert_eq(ut_call(s, &q, &rep, 5000), 0);
+    ul_reply_free(&rep);
+    char health[UL_MAX_NAME + 1];
+    cr_assert_eq(s_ping_journal(s, health, sizeof health), 0);
+    cr_assert_str_eq(health, "failing", "the old copy is still on disk");
+    cr_assert_eq(ut_release(s, lease), 0);
+    cr_assert_eq(ut_acquire(s, "cx@vm", true, "next", 0, &rep, NULL, NULL, 5000), UVMLEASE_EJOURNAL,
+                 "granted again while a copy of the old lease is on disk");
+    ul_reply_free(&rep);
+    atomic_store(&f.mode, 0);
+    cr_assert_eq(ut_acquire(s, "cx@vm", true, "next", 10000, &rep, NULL, NULL, 10000), 0,
+                 "granted once the clear was retried");
+    ul_reply_free(&rep);
+    close(go[1]);
+    ut_wait_code(child, 5000);
+    ut_dealer_close(s);
+    ut_broker_stop(&b, dir);
+}

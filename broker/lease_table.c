@@ -841,7 +841,8 @@ int lt_acquire(lt_table *t, lt_owner *o, const lt_acquire_args *a, uint64_t now,
         res->holder = u ? s_first_holder(u) : NULL;
         t->stats.busy_refusals++;
         /* Free but ungrantable: the broker cannot record a grant. */
-        if (excl && t->suspended && (!u || stale || u->n_holders == 0))
+        if (excl && t->suspended &&
+            (!u || stale || (u->n_holders == 0 && u->quarantine_until <= now)))
             return UVMLEASE_EJOURNAL;
         return UVMLEASE_EBUSY;
     }

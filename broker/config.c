@@ -15,9 +15,9 @@ typedef enum {
     K_STR,      /* a string kept as given */
     K_ENDPOINT, /* ipc://PATH */
     K_SERIALIZE,
-    K_COUNT32,  /* 0..UINT32_MAX */
-    K_MS,       /* milliseconds, up to a year */
-    K_LEASES,   /* 1..1048576 */
+    K_COUNT32, /* 0..UINT32_MAX */
+    K_MS,      /* milliseconds, up to a year */
+    K_LEASES,  /* 1..1048576 */
     K_BOOL,
     K_LOGLEVEL,
 } kind;
@@ -30,18 +30,12 @@ typedef struct key {
 
 #define F(field) offsetof(uvmlease_broker_config, field)
 static const key s_keys[] = {
-    {"runtime-dir", K_STR, F(runtime_dir)},
-    {"endpoint", K_ENDPOINT, F(endpoint)},
-    {"socket-group", K_STR, F(socket_group)},
-    {"admin-group", K_STR, F(admin_group)},
-    {"serialize", K_SERIALIZE, F(serialize)},
-    {"max-active", K_COUNT32, F(max_active)},
-    {"quarantine-ms", K_MS, F(quarantine_ms)},
-    {"hold-warn-ms", K_MS, F(hold_warn_ms)},
-    {"kill-grace-ms", K_MS, F(kill_grace_ms)},
-    {"max-leases", K_LEASES, F(max_leases)},
-    {"force-journal", K_BOOL, F(force_journal)},
-    {"log-level", K_LOGLEVEL, F(log_level)},
+    {"runtime-dir", K_STR, F(runtime_dir)},      {"endpoint", K_ENDPOINT, F(endpoint)},
+    {"socket-group", K_STR, F(socket_group)},    {"admin-group", K_STR, F(admin_group)},
+    {"serialize", K_SERIALIZE, F(serialize)},    {"max-active", K_COUNT32, F(max_active)},
+    {"quarantine-ms", K_MS, F(quarantine_ms)},   {"hold-warn-ms", K_MS, F(hold_warn_ms)},
+    {"kill-grace-ms", K_MS, F(kill_grace_ms)},   {"max-leases", K_LEASES, F(max_leases)},
+    {"force-journal", K_BOOL, F(force_journal)}, {"log-level", K_LOGLEVEL, F(log_level)},
 };
 #undef F
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
@@ -156,7 +150,7 @@ typedef struct load_ctx {
 #define S_FAIL(c, ...)                                                                             \
     do {                                                                                           \
         if (!(c)->msg[0])                                                                          \
-            snprintf((c)->msg, sizeof (c)->msg, __VA_ARGS__);                                     \
+            snprintf((c)->msg, sizeof(c)->msg, __VA_ARGS__);                                       \
         return 0;                                                                                  \
     } while (0)
 

@@ -26,8 +26,8 @@ static void s_beat(void *ctx, const uvmlease_broker_status *st)
     const char *ep = atomic_load(&s_endpoint);
     sd_notifyf(0, "%sSTATUS=%s%s%s%" PRIu64 " lease%s held, %" PRIu64 " waiting, journal %s",
                s_watchdog ? "WATCHDOG=1\n" : "", ep ? "serving " : "", ep ? ep : "", ep ? ": " : "",
-               st->holders, st->holders == 1 ? "" : "s",
-               st->waiters, st->journal_healthy ? "ok" : "FAILING (grants suspended)");
+               st->holders, st->holders == 1 ? "" : "s", st->waiters,
+               st->journal_healthy ? "ok" : "FAILING (grants suspended)");
 }
 
 void ul_notify_setup(uvmlease_broker_config *cfg)
@@ -69,8 +69,6 @@ void ul_notify_ready(const uvmlease_broker *b)
 {
     (void)b;
 }
-void ul_notify_stopping(void)
-{
-}
+void ul_notify_stopping(void) {}
 
 #endif

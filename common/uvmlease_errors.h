@@ -44,7 +44,9 @@
     X(EDUPLICATE, 31, "duplicate", "a request with that id is already in progress")                \
     /* Peer and broker conditions (40-59). */                                                      \
     X(EPERM, 40, "permission", "permission denied: uid 0 or the admin group is required")          \
-    X(EPEER, 41, "peer-refused", "peer refused: the connection's process has exited, is in another pid namespace or cannot be identified") \
+    X(EPEER, 41, "peer-refused",                                                                   \
+      "peer refused: the connection's process has exited, is in another pid namespace or cannot "  \
+      "be identified")                                                                             \
     X(ERESOURCE, 42, "resource", "a per-peer or broker-wide limit was reached")                    \
     X(ENOTIMPL, 43, "not-implemented", "operation not implemented by this broker")                 \
     X(EINTERNAL, 44, "internal", "internal broker error")                                          \

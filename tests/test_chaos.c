@@ -135,7 +135,6 @@ static pid_t s_daemon_spawn(const chaos *c)
     return pid;
 }
 
-
 /* ------------------------------------------------------------- workers */
 
 typedef struct shared {

@@ -80,7 +80,6 @@ static int s_run(run *r, char *const args[])
     return ut_wait_code(s_spawn(r, args), 10000);
 }
 
-
 /* The error on stderr: exit 2, and it names file:line and what is wrong. */
 static void s_expect_error(run *r, const char *text, int line, const char *what)
 {
@@ -127,9 +126,9 @@ Test(config, good_file)
     snprintf(want, sizeof want, "endpoint = ipc://%s/elsewhere.sock\n", r.dir);
     cr_assert(strstr(out, want), "%s", out);
     static const char *const lines[] = {
-        "socket-group = 0\n",    "admin-group = root\n", "serialize = all\n",
+        "socket-group = 0\n",    "admin-group = root\n",   "serialize = all\n",
         "max-active = 3\n",      "quarantine-ms = 1500\n", "hold-warn-ms = 60000\n",
-        "kill-grace-ms = 250\n", "max-leases = 77\n",    "force-journal = true\n",
+        "kill-grace-ms = 250\n", "max-leases = 77\n",      "force-journal = true\n",
         "log-level = debug\n",
     };
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
@@ -246,7 +245,8 @@ Test(config, a_running_daemon_uses_the_file)
     s_write(r.conf, text);
     snprintf(ep, sizeof ep, "ipc://%s/rt/broker.sock", r.dir);
     pid_t pid = s_spawn(&r, (char *[]){"--config", r.conf, NULL});
-    cr_assert(ut_ping_until(ep, 10000), "no broker in the file's runtime directory: %s", s_read(r.err));
+    cr_assert(ut_ping_until(ep, 10000), "no broker in the file's runtime directory: %s",
+              s_read(r.err));
     /* log-level = debug from the file: the ping is logged. */
     kill(pid, SIGTERM);
     cr_assert_eq(ut_wait_code(pid, 10000), 0);
@@ -256,7 +256,8 @@ Test(config, a_running_daemon_uses_the_file)
     snprintf(rt2, sizeof rt2, "%s/rt2", r.dir);
     snprintf(ep2, sizeof ep2, "ipc://%s/broker.sock", rt2);
     pid = s_spawn(&r, (char *[]){"--config", r.conf, "--runtime-dir", rt2, NULL});
-    cr_assert(ut_ping_until(ep2, 10000), "the flag's runtime directory is not used: %s", s_read(r.err));
+    cr_assert(ut_ping_until(ep2, 10000), "the flag's runtime directory is not used: %s",
+              s_read(r.err));
     struct stat st;
     cr_assert_neq(stat(ep + 6, &st), 0, "a socket in the file's directory too");
     kill(pid, SIGTERM);

@@ -152,8 +152,7 @@ Test(crashgrant, grant_recorded_not_sent_then_abandoned_leaves_nothing_held)
     cr_assert_eq(uvmlease_broker_start(&cfg, &b2, NULL, err, sizeof err), 0, "%s", err);
     /* ...and the victim's library, seeing the new instance, sends the cancel
      * of the acquire it gave up on again, which releases it. */
-    cr_assert(ut_wait_until(s_released, s, 20000),
-              "the abandoned lease stayed held by the victim");
+    cr_assert(ut_wait_until(s_released, s, 20000), "the abandoned lease stayed held by the victim");
     cr_assert_eq(ut_acquire(s, S_UVM, true, "after", 0, &rep, NULL, NULL, 5000), 0);
     cr_assert_gt(rep.fence, first_fence, "fences keep going up across the crash");
     ul_reply_free(&rep);

@@ -59,7 +59,6 @@ static pid_t s_spawn(const char *dir, const char *log, char *const extra[])
     return pid;
 }
 
-
 static void s_daemon_start(daemon_proc *d, char *const extra[])
 {
     ut_tmpdir("daemon", d->dir, sizeof d->dir);

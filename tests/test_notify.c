@@ -141,9 +141,9 @@ Test(notify, ready_watchdog_status_stopping)
     memset(&rep, 0, sizeof rep);
     cr_assert_eq(ut_acquire(s, UVM_C, true, "notify", 0, &rep, NULL, NULL, 5000), 0);
     ul_reply_free(&rep);
-    cr_assert(s_sm_wait_for(&sm, "1 lease held, 0 waiting, journal ok", 5000, NULL, last,
-                            sizeof last),
-              "the held lease is not in STATUS: %s", last);
+    cr_assert(
+        s_sm_wait_for(&sm, "1 lease held, 0 waiting, journal ok", 5000, NULL, last, sizeof last),
+        "the held lease is not in STATUS: %s", last);
     cr_assert(strstr(last, "WATCHDOG=1"), "%s", last);
     ut_dealer_close(s);
 
@@ -306,7 +306,7 @@ Test(notify, heartbeat_comes_from_the_loop)
     /* Ten heartbeat periods with the loop stuck. */
     usleep(200 * 1000);
     cr_assert_eq(s_count(), before, "heartbeats while the loop was wedged: %u -> %u", before,
-                  s_count());
+                 s_count());
     /* Unwedged: heartbeats resume and report the lease. */
     pthread_mutex_lock(&S.mu);
     atomic_store(&S.jmode, 0);

@@ -76,28 +76,28 @@
 #define UL_BENCH_UVMLEASECTL "uvmleasectl"
 #endif
 
-#define LABEL "0c3f9d1e2b4a5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9012345678ab"
-#define SETTLE_NS 2000000ull /* a waiter blocked this long is settled */
-#define SCALE_PER_PROC 1000  /* leases per holder process (cap: 1024) */
-#define NPROC_MAX 32
+#define LABEL          "0c3f9d1e2b4a5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9012345678ab"
+#define SETTLE_NS      2000000ull /* a waiter blocked this long is settled */
+#define SCALE_PER_PROC 1000       /* leases per holder process (cap: 1024) */
+#define NPROC_MAX      32
 
 /* ---- settings ------------------------------------------------------------ */
 
 typedef struct counts {
-    int rounds;         /* section 2: rounds the floor and cycle alternate in */
-    int per_round;      /* echo round trips and cycles per round */
+    int rounds;    /* section 2: rounds the floor and cycle alternate in */
+    int per_round; /* echo round trips and cycles per round */
     int flock_per_round;
-    int handoffs;       /* relay, handoff, flock handoff samples */
-    int crashes;        /* crash handoff samples (each, lib and flock) */
-    double tp_phase_s;  /* one throughput phase */
-    double cont_s;      /* contention run */
-    int scale[3];       /* held leases */
-    int scale_cycles;   /* cycles measured per scale level */
-    int scale_lists;    /* list / list --json runs per level */
+    int handoffs;      /* relay, handoff, flock handoff samples */
+    int crashes;       /* crash handoff samples (each, lib and flock) */
+    double tp_phase_s; /* one throughput phase */
+    double cont_s;     /* contention run */
+    int scale[3];      /* held leases */
+    int scale_cycles;  /* cycles measured per scale level */
+    int scale_lists;   /* list / list --json runs per level */
     int aged_leases;
-    int aged_cycles;    /* cycles served before measuring */
-    int aged_samples;   /* cycles measured on each broker */
-    int aged_lists;     /* list --json runs on each broker */
+    int aged_cycles;  /* cycles served before measuring */
+    int aged_samples; /* cycles measured on each broker */
+    int aged_lists;   /* list --json runs on each broker */
 } counts;
 
 static const counts k_full = {
@@ -674,8 +674,8 @@ static void s_daemon_start(bdaemon *d, const char *name)
         _exit(127);
     }
     if (!s_wait_broker(d->ep)) {
-        fprintf(stderr, "uvmlease-bench: uvmleased (%s) did not answer; its log: %s\n",
-                g.uvmleased, log);
+        fprintf(stderr, "uvmlease-bench: uvmleased (%s) did not answer; its log: %s\n", g.uvmleased,
+                log);
         kill(d->pid, SIGKILL);
         exit(2);
     }
@@ -772,8 +772,8 @@ static int s_lk_acquire(lk *k, int64_t timeout_ms)
                 return -1;
         return 0;
     }
-    int rc = uvmlease_acquire(k->c, k->uvm, UVMLEASE_CONFIDENTIAL, LABEL, timeout_ms, NULL, NULL,
-                              &k->l);
+    int rc =
+        uvmlease_acquire(k->c, k->uvm, UVMLEASE_CONFIDENTIAL, LABEL, timeout_ms, NULL, NULL, &k->l);
     if (rc)
         s_fail("acquire: %s", uvmlease_strerror(rc));
     return rc;
@@ -807,8 +807,7 @@ typedef struct lat_shm {
 
 /* One process alternating batches: echo round trips (raw DEALER), cycles
  * (libuvmlease), async cycles if the library has them, flock pairs. */
-static void s_lat_main(const char *echo_ep, const char *broker_ep, const char *lockfile,
-                       lat_shm *s)
+static void s_lat_main(const char *echo_ep, const char *broker_ep, const char *lockfile, lat_shm *s)
 {
     void *ctx = zmq_ctx_new();
     void *d = s_dealer(ctx, echo_ep, NULL);
@@ -1378,8 +1377,8 @@ static void s_contention(const char *ep, double handoff_p50_us)
     double expect = 1e6 / (hold_us + handoff_p50_us);
     stats w = s_stats(waits, win);
     s_heading("4. contention: 32 processes, one confidential UVM, each holds 1 ms");
-    s_fig("contention_grants_per_s", gps, "/s", "%d grants in %.2f s (window: after every process's first grant)",
-          win, span_s);
+    s_fig("contention_grants_per_s", gps, "/s",
+          "%d grants in %.2f s (window: after every process's first grant)", win, span_s);
     s_fig("contention_expected_grants_per_s", expect, "/s",
           "1 / (mean hold %.1f us + handoff p50 %.1f us)", hold_us, handoff_p50_us);
     s_fig("contention_hold_mean_us", hold_us, "us", "1 ms asked for (nanosleep)");
@@ -1430,7 +1429,8 @@ static pid_t s_holder_start(const char *ep, unsigned tag, int first, int count)
                 ul_reply r;
                 memset(&r, 0, sizeof r);
                 if (s_recv_rep(d, &r) || r.err || r.queued || !r.lease) {
-                    s_fail("holder: acquire refused (%s)", r.err ? uvmlease_status_name((int)r.err) : "bad reply");
+                    s_fail("holder: acquire refused (%s)",
+                           r.err ? uvmlease_status_name((int)r.err) : "bad reply");
                     res = 'F';
                 }
                 ul_reply_free(&r);
@@ -1544,9 +1544,8 @@ static void s_scale(void)
         }
         double span = g.n.scale[lv] - g.n.scale[0];
         s_fig(key, (double)(rss[lv] - rss[0]) * 1024.0 / span, "B",
-              "broker VmRSS %ld -> %ld kB over %d -> %d held; RssAnon alone %.0f B/lease",
-              rss[0], rss[lv], g.n.scale[0], g.n.scale[lv],
-              (double)(anon[lv] - anon[0]) * 1024.0 / span);
+              "broker VmRSS %ld -> %ld kB over %d -> %d held; RssAnon alone %.0f B/lease", rss[0],
+              rss[lv], g.n.scale[0], g.n.scale[lv], (double)(anon[lv] - anon[0]) * 1024.0 / span);
     }
     for (int lv = 0; lv < 3; lv++) {
         char key[64];
@@ -1649,8 +1648,10 @@ static void s_aged(double floor_p50_us)
              "interleaved against a fresh broker",
              g.n.aged_cycles, age_s, g.n.aged_leases);
     s_heading(h);
-    s_fig("fresh_cycle_p50_us", sf.p50, "us", "p99 %.1f us; %.2fx floor", sf.p99, sf.p50 / floor_p50_us);
-    s_fig("aged_cycle_p50_us", sa.p50, "us", "p99 %.1f us; %.2fx floor", sa.p99, sa.p50 / floor_p50_us);
+    s_fig("fresh_cycle_p50_us", sf.p50, "us", "p99 %.1f us; %.2fx floor", sf.p99,
+          sf.p50 / floor_p50_us);
+    s_fig("aged_cycle_p50_us", sa.p50, "us", "p99 %.1f us; %.2fx floor", sa.p99,
+          sa.p50 / floor_p50_us);
     s_fig("aged_cycle_ratio", sa.p50 / sf.p50, "x", "aged / fresh");
     s_fig("fresh_list_json_s", lfm, "s", "uvmleasectl --json list, %d leases", g.n.aged_leases);
     s_fig("aged_list_json_s", lam, "s", NULL);
@@ -1667,17 +1668,16 @@ static void s_aged(double floor_p50_us)
 
 static void s_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: uvmlease-bench [--quick] [--json FILE] [--server-cpus LIST] "
-            "[--client-cpus LIST]\n"
-            "                      [--uvmleased PATH] [--uvmleasectl PATH] [--keep]\n"
-            "  --quick            small counts in every section (the test suite's smoke run)\n"
-            "  --json FILE        write every figure to FILE\n"
-            "  --server-cpus LIST pin uvmleased, the echo server and the relay (e.g. 0)\n"
-            "  --client-cpus LIST pin every client process (e.g. 1)\n"
-            "  --keep             keep the run directory (daemon logs)\n"
-            "Exit status: 0, or 1 when an operation failed (never because a target was "
-            "missed).\n");
+    fprintf(f, "usage: uvmlease-bench [--quick] [--json FILE] [--server-cpus LIST] "
+               "[--client-cpus LIST]\n"
+               "                      [--uvmleased PATH] [--uvmleasectl PATH] [--keep]\n"
+               "  --quick            small counts in every section (the test suite's smoke run)\n"
+               "  --json FILE        write every figure to FILE\n"
+               "  --server-cpus LIST pin uvmleased, the echo server and the relay (e.g. 0)\n"
+               "  --client-cpus LIST pin every client process (e.g. 1)\n"
+               "  --keep             keep the run directory (daemon logs)\n"
+               "Exit status: 0, or 1 when an operation failed (never because a target was "
+               "missed).\n");
 }
 
 int main(int argc, char **argv)
@@ -1744,8 +1744,10 @@ int main(int argc, char **argv)
     json_object_set_new(g_json, "cores_online", json_integer(cores));
     json_object_set_new(g_json, "cpus_allowed", json_integer(CPU_COUNT(&all)));
     json_t *pin = json_object();
-    json_object_set_new(pin, "server_cpus", g.server_cpus ? json_string(g.server_cpus) : json_null());
-    json_object_set_new(pin, "client_cpus", g.client_cpus ? json_string(g.client_cpus) : json_null());
+    json_object_set_new(pin, "server_cpus",
+                        g.server_cpus ? json_string(g.server_cpus) : json_null());
+    json_object_set_new(pin, "client_cpus",
+                        g.client_cpus ? json_string(g.client_cpus) : json_null());
     json_object_set_new(g_json, "pinning", pin);
     json_object_set_new(g_json, "message_bytes", json_integer((json_int_t)g_msg_len));
     json_object_set_new(g_json, "settle_ms", json_real(SETTLE_NS / 1e6));
@@ -1803,8 +1805,10 @@ int main(int argc, char **argv)
     stats relay_s = s_stats(relay_v, nh), ho_s = s_stats(ho_v, nh), fho_s = s_stats(fho_v, nh);
 
     int nc = g.n.crashes;
-    double *cr = s_shared(sizeof(double) * (size_t)nc), *k2e = s_shared(sizeof(double) * (size_t)nc);
-    double *fcr = s_shared(sizeof(double) * (size_t)nc), *fk2e = s_shared(sizeof(double) * (size_t)nc);
+    double *cr = s_shared(sizeof(double) * (size_t)nc),
+           *k2e = s_shared(sizeof(double) * (size_t)nc);
+    double *fcr = s_shared(sizeof(double) * (size_t)nc),
+           *fk2e = s_shared(sizeof(double) * (size_t)nc);
     double *extra = calloc((size_t)nc, sizeof *extra);
     s_progress("crash handoffs: %d each", nc);
     s_crash_run(lib, cr, k2e, nc);
@@ -1824,8 +1828,9 @@ int main(int argc, char **argv)
     s_fig("floor_p50_us", echo_s.p50, "us", "ZeroMQ ipc echo round trip; p99 %.1f us; n=%d",
           echo_s.p99, echo_s.n);
     s_fig("floor_p99_us", echo_s.p99, "us", NULL);
-    s_fig("relay_p50_us", relay_s.p50, "us", "A -> relay -> B (B settled %.0f ms); p99 %.1f us; n=%d",
-          SETTLE_NS / 1e6, relay_s.p99, relay_s.n);
+    s_fig("relay_p50_us", relay_s.p50, "us",
+          "A -> relay -> B (B settled %.0f ms); p99 %.1f us; n=%d", SETTLE_NS / 1e6, relay_s.p99,
+          relay_s.n);
     s_fig("relay_p99_us", relay_s.p99, "us", NULL);
     s_fig("flock_p50_us", fl_s.p50, "us", "flock(2) LOCK_EX + LOCK_UN, uncontended; p99 %.2f us",
           fl_s.p99);
@@ -1844,22 +1849,22 @@ int main(int argc, char **argv)
     json_object_set_new(g_json, "cycle_async_p50_us", json_null());
     json_object_set_new(g_json, "cycle_async_ratio", json_null());
 #endif
-    s_fig("handoff_p50_us", ho_s.p50, "us", "release -> queued waiter's acquire returns; p99 %.1f us; n=%d",
-          ho_s.p99, ho_s.n);
+    s_fig("handoff_p50_us", ho_s.p50, "us",
+          "release -> queued waiter's acquire returns; p99 %.1f us; n=%d", ho_s.p99, ho_s.n);
     s_fig("handoff_p99_us", ho_s.p99, "us", NULL);
     s_fig("handoff_ratio", ho_s.p50 / relay_s.p50, "x", "handoff p50 / relay p50");
     s_fig("handoff_ratio_p99", ho_s.p99 / relay_s.p99, "x", "handoff p99 / relay p99");
-    s_fig("crash_handoff_p50_us", cr_s.p50, "us", "SIGKILL -> waiter's acquire returns; p99 %.1f us; n=%d",
-          cr_s.p99, cr_s.n);
+    s_fig("crash_handoff_p50_us", cr_s.p50, "us",
+          "SIGKILL -> waiter's acquire returns; p99 %.1f us; n=%d", cr_s.p99, cr_s.n);
     s_fig("crash_handoff_p99_us", cr_s.p99, "us", NULL);
-    s_fig("kill_to_exit_p50_us", k2e_s.p50, "us", "SIGKILL -> the holder's pidfd readable; p99 %.1f us",
-          k2e_s.p99);
-    s_fig("crash_extra_us", ex_s.p50, "us", "p50 of (crash handoff - kill-to-exit) per sample; p99 %.1f us",
-          ex_s.p99);
+    s_fig("kill_to_exit_p50_us", k2e_s.p50, "us",
+          "SIGKILL -> the holder's pidfd readable; p99 %.1f us", k2e_s.p99);
+    s_fig("crash_extra_us", ex_s.p50, "us",
+          "p50 of (crash handoff - kill-to-exit) per sample; p99 %.1f us", ex_s.p99);
     s_fig("flock_handoff_p50_us", fho_s.p50, "us", "the same handoff through flock(2); p99 %.1f us",
           fho_s.p99);
-    s_fig("flock_crash_handoff_p50_us", fcr_s.p50, "us", "the same crash through flock(2); kill-to-exit p50 %.1f us",
-          fk2e_s.p50);
+    s_fig("flock_crash_handoff_p50_us", fcr_s.p50, "us",
+          "the same crash through flock(2); kill-to-exit p50 %.1f us", fk2e_s.p50);
 
     /* ---- 3 ---- */
     s_heading("3. throughput: N client processes, cycles against uvmleased vs round trips against "

@@ -81,7 +81,8 @@ struct uvmlease_broker {
     void *zctx;
     void *router;
     int stop_efd;
-    int epfd; /* pidfds of client processes */
+    int epfd;   /* pidfds of client processes */
+    int loopfd; /* what the loop waits on (broker.c) */
     pthread_t thread;
 
     lt_table *table;

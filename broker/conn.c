@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -593,24 +594,35 @@ void ul_conn_close(uvmlease_broker *b)
     b->conns = NULL;
 }
 
-void ul_conn_pollitems(uvmlease_broker *b, zmq_pollitem_t *items)
+static int s_watch_socket(int ws, void *sock, unsigned tag)
 {
-    memset(items, 0, UL_CONN_NITEMS * sizeof *items);
-    items[0].socket = b->conns->mon;
-    items[0].events = ZMQ_POLLIN;
-    items[1].socket = b->conns->zap;
-    items[1].events = ZMQ_POLLIN;
-    items[2].fd = b->conns->pin_epfd;
-    items[2].events = ZMQ_POLLIN;
+    int fd = -1;
+    size_t sz = sizeof fd;
+    if (zmq_getsockopt(sock, ZMQ_FD, &fd, &sz) < 0)
+        return -1;
+    return ul_waitset_add(ws, fd, (void *)(uintptr_t)tag);
 }
 
-void ul_conn_service(uvmlease_broker *b, const zmq_pollitem_t *items)
+int ul_conn_watch(uvmlease_broker *b, int ws)
 {
-    if (items[0].revents & ZMQ_POLLIN)
+    ul_conns *c = b->conns;
+    if (s_watch_socket(ws, c->mon, UL_CONN_EV_MON) < 0 ||
+        s_watch_socket(ws, c->zap, UL_CONN_EV_ZAP) < 0 ||
+        ul_waitset_add(ws, c->pin_epfd, (void *)(uintptr_t)UL_CONN_EV_PIN) < 0)
+        return -1;
+    return 0;
+}
+
+/* Both socket handlers end on a receive that found nothing: libzmq has
+ * then taken every command waiting for that socket, so its descriptor
+ * signals again when the next one arrives. */
+void ul_conn_service(uvmlease_broker *b, unsigned ready)
+{
+    if (ready & UL_CONN_EV_MON)
         s_drain_monitor(b);
-    if (items[2].revents & ZMQ_POLLIN)
+    if (ready & UL_CONN_EV_PIN)
         s_handle_pin_exits(b);
-    if (items[1].revents & ZMQ_POLLIN)
+    if (ready & UL_CONN_EV_ZAP)
         while (s_zap_one(b)) {
         }
 }

@@ -23,8 +23,12 @@ struct uvmlease_broker;
 struct ul_peer;
 struct bproc;
 
-/* Poll items the connection code needs in the broker loop. */
-#define UL_CONN_NITEMS 3
+/* What the connection code waits for in the broker loop: bits of the
+ * tags it registers (the loop's own tags use other bits). */
+#define UL_CONN_EV_MON 0x10u /* the socket monitor: accepts, disconnects */
+#define UL_CONN_EV_ZAP 0x20u /* ZAP requests: handshakes to admit */
+#define UL_CONN_EV_PIN 0x40u /* a pinned process exited */
+#define UL_CONN_EV_ALL (UL_CONN_EV_MON | UL_CONN_EV_ZAP | UL_CONN_EV_PIN)
 
 /* Set up the ZAP handler, the socket monitor and the limits for b->router.
  * Call after the router exists and before it binds. 0 or a status, with a
@@ -33,10 +37,14 @@ int ul_conn_open(struct uvmlease_broker *b, char *err, size_t errsz);
 /* Free everything; call before closing the router. */
 void ul_conn_close(struct uvmlease_broker *b);
 
-/* Fill UL_CONN_NITEMS poll items (monitor, ZAP, pinned process exits). */
-void ul_conn_pollitems(struct uvmlease_broker *b, zmq_pollitem_t *items);
-/* Handle whatever the items report; items as filled and polled. */
-void ul_conn_service(struct uvmlease_broker *b, const zmq_pollitem_t *items);
+/* Add what the connection code waits for to the loop's wait set ws, each
+ * tagged (void *)(uintptr_t)UL_CONN_EV_*. 0, or -1 and errno. The
+ * monitor's and the ZAP socket's descriptors only say that libzmq has
+ * news for them; ul_conn_service reads each until it has nothing more, so
+ * the descriptor signals again on the next news. */
+int ul_conn_watch(struct uvmlease_broker *b, int ws);
+/* Handle what the tags in ready (UL_CONN_EV_* bits) report. */
+void ul_conn_service(struct uvmlease_broker *b, unsigned ready);
 
 /*
  * The identity of a received message: the pinned process of the connection

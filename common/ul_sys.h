@@ -81,6 +81,9 @@ int ul_waitset_add(int ws, int fd, void *ptr);
 void ul_waitset_del(int ws, int fd);
 /* Without blocking: the pointers of up to max ready handles; how many. */
 int ul_waitset_ready(int ws, void **out, int max);
+/* The same, waiting up to timeout_ms (-1: no limit) for one to be ready.
+ * How many, or -1 and errno (EINTR). */
+int ul_waitset_wait(int ws, void **out, int max, int timeout_ms);
 
 /* Take an exclusive lock on an open file, owned by this open file
  * description (an OFD lock: it conflicts even within one process). 0, or

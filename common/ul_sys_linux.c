@@ -323,12 +323,18 @@ void ul_waitset_del(int ws, int fd)
     epoll_ctl(ws, EPOLL_CTL_DEL, fd, NULL);
 }
 
-int ul_waitset_ready(int ws, void **out, int max)
+int ul_waitset_wait(int ws, void **out, int max, int timeout_ms)
 {
     struct epoll_event evs[64];
-    int n = epoll_wait(ws, evs, max < 64 ? max : 64, 0);
+    int n = epoll_wait(ws, evs, max < 64 ? max : 64, timeout_ms);
     for (int i = 0; i < n; i++)
         out[i] = evs[i].data.ptr;
+    return n;
+}
+
+int ul_waitset_ready(int ws, void **out, int max)
+{
+    int n = ul_waitset_wait(ws, out, max, 0);
     return n < 0 ? 0 : n;
 }
 

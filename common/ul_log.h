@@ -8,6 +8,8 @@
 #define UL_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 typedef enum ul_log_level { UL_LOG_DEBUG = 0, UL_LOG_INFO, UL_LOG_WARN, UL_LOG_ERROR } ul_log_level;
 
@@ -31,5 +33,24 @@ int ul_log_level_parse(const char *s);
  */
 void ul_log(const ul_logger *lg, ul_log_level level, const char *msg, ...);
 void ul_logv(const ul_logger *lg, ul_log_level level, const char *msg, va_list ap);
+
+/*
+ * Held lines, for a loop whose clients should not wait for its log: from
+ * ul_log_hold() on, debug and info lines this thread logs are kept (their
+ * time taken and their values copied at the call) until ul_log_flush() or
+ * ul_log_release() formats and writes them, in order: lines for stderr
+ * in one write. They are written anyway when 64 KiB are kept, and before
+ * any warning or error, which is never held. Other threads are not
+ * affected. ul_log_hold() returns false (nothing is held) when its buffer
+ * cannot be allocated. The loggers of kept lines must outlive the flush.
+ * ul_log_held_since_ms() is the CLOCK_MONOTONIC time in ms of the oldest
+ * kept line, 0 when none is. ul_log_hold_free() releases and frees this
+ * thread's buffers.
+ */
+bool ul_log_hold(void);
+uint64_t ul_log_held_since_ms(void);
+void ul_log_flush(void);
+void ul_log_release(void);
+void ul_log_hold_free(void);
 
 #endif

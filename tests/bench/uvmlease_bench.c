@@ -12,6 +12,9 @@
  *                flock: flock(2) LOCK_EX + LOCK_UN on a per-UVM file
  *   2. latency   cycle: acquire (granted at once) + release through
  *                       libuvmlease, one process
+ *                raw cycle, ping: the same cycle, and a ping, from a raw
+ *                       DEALER blocking in receive (the broker without the
+ *                       library)
  *                handoff: the holder releases -> the queued waiter's acquire
  *                       returns (two processes)
  *                crash handoff: the holder is killed with SIGKILL -> the
@@ -801,9 +804,66 @@ static void s_lk_close(lk *k)
 /* ---- section 1 + 2: floor, cycle, flock, interleaved -------------------------- */
 
 typedef struct lat_shm {
-    double *echo, *cycle, *async, *flk;
-    int n_echo, n_cycle, n_async, n_flock;
+    double *echo, *cycle, *async, *flk, *raw, *ping;
+    int n_echo, n_cycle, n_async, n_flock, n_raw, n_ping;
 } lat_shm;
+
+/* One reply to request q on a raw DEALER (blocking receive), its lease in
+ * *lease; 0, or -1 (a failure or an error reply). */
+static int s_raw_call(void *d, ul_request *q, ul_buf *buf, uint64_t *lease)
+{
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    if (s_send_req(d, q, buf) || s_recv_rep(d, &r))
+        return -1;
+    int rc = r.err == 0 && r.rid == q->rid ? 0 : -1;
+    if (lease)
+        *lease = r.lease;
+    ul_reply_free(&r);
+    return rc;
+}
+
+/* What the broker costs without libuvmlease: a ping round trip, and a
+ * cycle (acquire granted at once, release) from a raw DEALER that blocks
+ * in zmq_msg_recv as the echo client does. */
+static void s_raw_batch(void *d, const char *uvm, uint64_t *rid, lat_shm *s, int n, bool keep)
+{
+    ul_buf buf = {0};
+    ul_request q;
+    for (int i = 0; i < n; i++) {
+        memset(&q, 0, sizeof q);
+        q.version = UL_PROTO_VERSION;
+        q.op = UL_OP_PING;
+        q.rid = ++*rid;
+        uint64_t t0 = s_now();
+        if (s_raw_call(d, &q, &buf, NULL)) {
+            s_fail("raw ping failed");
+            _exit(1);
+        }
+        if (keep)
+            s->ping[s->n_ping++] = (double)(s_now() - t0);
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t t0 = s_now(), lease = 0;
+        s_req_acquire(&q, ++*rid, uvm);
+        int rc = s_raw_call(d, &q, &buf, &lease);
+        if (rc == 0) {
+            memset(&q, 0, sizeof q);
+            q.version = UL_PROTO_VERSION;
+            q.op = UL_OP_RELEASE;
+            q.rid = ++*rid;
+            q.lease = lease;
+            rc = s_raw_call(d, &q, &buf, NULL);
+        }
+        if (rc) {
+            s_fail("raw cycle failed");
+            _exit(1);
+        }
+        if (keep)
+            s->raw[s->n_raw++] = (double)(s_now() - t0);
+    }
+    ul_buf_free(&buf);
+}
 
 /* One process alternating batches: echo round trips (raw DEALER), cycles
  * (libuvmlease), async cycles if the library has them, flock pairs. */
@@ -811,15 +871,18 @@ static void s_lat_main(const char *echo_ep, const char *broker_ep, const char *l
 {
     void *ctx = zmq_ctx_new();
     void *d = s_dealer(ctx, echo_ep, NULL);
+    void *rawd = s_dealer(ctx, broker_ep, NULL);
     uvmlease *c = NULL;
     int rc = uvmlease_connect(broker_ep, &c);
     int fd = open(lockfile, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (!d || rc || fd < 0) {
+    if (!d || !rawd || rc || fd < 0) {
         s_fail("lat: setup failed (%s)", uvmlease_strerror(rc));
         _exit(1);
     }
-    char uvm[80];
+    char uvm[80], rawuvm[80];
     s_uvm(uvm, sizeof uvm, 0x1a7e0000, 1);
+    s_uvm(rawuvm, sizeof rawuvm, 0x1a7e0000, 2);
+    uint64_t rawrid = 0x1a7e000000000000ull;
     char *msg = calloc(1, g_msg_len), buf[4096];
     memset(msg, 'x', g_msg_len);
     int per = g.n.per_round, fper = g.n.flock_per_round;
@@ -862,6 +925,7 @@ static void s_lat_main(const char *echo_ep, const char *broker_ep, const char *l
                 s->async[s->n_async++] = (double)(s_now() - t0);
         }
 #endif
+        s_raw_batch(rawd, rawuvm, &rawrid, s, keep ? per : 200, keep);
         for (int i = 0; i < (keep ? fper : 200); i++) {
             uint64_t t0 = s_now();
             if (flock(fd, LOCK_EX) < 0 || flock(fd, LOCK_UN) < 0) {
@@ -874,6 +938,7 @@ static void s_lat_main(const char *echo_ep, const char *broker_ep, const char *l
     }
     uvmlease_close(c);
     zmq_close(d);
+    zmq_close(rawd);
     zmq_ctx_term(ctx);
     free(msg);
     _exit(0);
@@ -1775,6 +1840,8 @@ int main(int argc, char **argv)
     ls->echo = s_shared(sizeof(double) * (size_t)nlat);
     ls->cycle = s_shared(sizeof(double) * (size_t)nlat);
     ls->async = s_shared(sizeof(double) * (size_t)nlat);
+    ls->raw = s_shared(sizeof(double) * (size_t)nlat);
+    ls->ping = s_shared(sizeof(double) * (size_t)nlat);
     ls->flk = s_shared(sizeof(double) * (size_t)nfl);
     s_progress("floor and cycle: %d rounds of %d echo round trips and %d cycles", g.n.rounds,
                g.n.per_round, g.n.per_round);
@@ -1784,6 +1851,7 @@ int main(int argc, char **argv)
     s_reap_ok(lp, "latency client");
     stats echo_s = s_stats(ls->echo, ls->n_echo), cyc_s = s_stats(ls->cycle, ls->n_cycle);
     stats async_s = s_stats(ls->async, ls->n_async), fl_s = s_stats(ls->flk, ls->n_flock);
+    stats raw_s = s_stats(ls->raw, ls->n_raw), ping_s = s_stats(ls->ping, ls->n_ping);
 
     int nh = g.n.handoffs;
     double *relay_v = s_shared(sizeof(double) * (size_t)nh);
@@ -1849,6 +1917,14 @@ int main(int argc, char **argv)
     json_object_set_new(g_json, "cycle_async_p50_us", json_null());
     json_object_set_new(g_json, "cycle_async_ratio", json_null());
 #endif
+    s_fig("ping_p50_us", ping_s.p50, "us",
+          "ping round trip to uvmleased, raw DEALER (no lease work); p99 %.1f us", ping_s.p99);
+    s_fig("ping_ratio", ping_s.p50 / floor_us, "x", "ping p50 / floor p50: the broker's loop");
+    s_fig("cycle_raw_p50_us", raw_s.p50, "us",
+          "the cycle from a raw DEALER blocking in zmq_msg_recv (no libuvmlease); p99 %.1f us",
+          raw_s.p99);
+    s_fig("cycle_raw_ratio", raw_s.p50 / floor_us, "x",
+          "raw cycle p50 / floor p50: the broker alone; cycle_ratio - this = libuvmlease");
     s_fig("handoff_p50_us", ho_s.p50, "us",
           "release -> queued waiter's acquire returns; p99 %.1f us; n=%d", ho_s.p99, ho_s.n);
     s_fig("handoff_p99_us", ho_s.p99, "us", NULL);

@@ -116,7 +116,7 @@ static const counts k_full = {
     .scale_lists = 3,
     .aged_leases = 1000,
     .aged_cycles = 100000,
-    .aged_samples = 1000,
+    .aged_samples = 4000,
     .aged_lists = 10,
 };
 
@@ -1686,7 +1686,7 @@ static void s_aged(double floor_p50_us)
     double age_s = (double)(s_now() - t0) / 1e9;
     s_progress("aged: %d cycles served in %.1f s", g.n.aged_cycles, age_s);
     /* Interleaved: both brokers measured alike, in rounds. */
-    int rounds = g.quick ? 2 : 5, per = g.n.aged_samples / rounds;
+    int rounds = g.quick ? 2 : 10, per = g.n.aged_samples / rounds;
     int nl = g.n.aged_lists / rounds > 0 ? g.n.aged_lists / rounds : 1;
     double *vf = s_shared(sizeof(double) * (size_t)(per * rounds));
     double *va = s_shared(sizeof(double) * (size_t)(per * rounds));

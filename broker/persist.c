@@ -180,11 +180,13 @@ int ul_persist_open(uvmlease_broker *b, ul_journal_load *ld, char *err, size_t e
                            b->cfg.journal_write, b->cfg.journal_write_ctx, ld, err, errsz);
 }
 
-/* A journalled process still alive as the same process (pid and start
- * time), tracked; NULL otherwise. */
-/* A journalled process still alive as the same process (pid and start
- * time), tracked; NULL otherwise. *unknown when that cannot be told (out
- * of descriptors, /proc unreadable): then nothing may be assumed. */
+/* A journalled process still alive as the same process, tracked; NULL
+ * otherwise. *unknown when that cannot be told (out of descriptors, /proc
+ * unreadable): then nothing may be assumed. The same process is the same
+ * pid with the same start time, as for a live holder: its uid is not
+ * compared, since a holder that changed its uid (a shim dropping root
+ * after it took the lease) still holds it, and dropping its lease would
+ * let another bring-up overlap its own. */
 static bproc *s_same_proc(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64_t start,
                           bool *unknown)
 {
@@ -192,7 +194,7 @@ static bproc *s_same_proc(uvmlease_broker *b, uint32_t pid, uint32_t uid, uint64
     bproc *p = pid ? ul_broker_proc_get(b, pid, uid, &err) : NULL;
     if (!p && pid && err != UVMLEASE_EPEER)
         *unknown = true;
-    if (p && (p->start_time != start || p->uid != uid)) {
+    if (p && p->start_time != start) {
         ul_broker_proc_maybe_forget(b, p); /* the pid was reused */
         return NULL;
     }

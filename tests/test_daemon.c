@@ -526,6 +526,51 @@ Test(daemon, restart_keeps_live_leases)
     s_daemon_stop(&d);
 }
 
+/* A holder is the same process after a restart when its pid and start
+ * time are: a shim that drops root after taking the lease still holds it
+ * (releasing it would let another bring-up overlap its own). */
+Test(daemon, restart_keeps_a_holder_that_changed_uid)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch the holder to nobody");
+    daemon_proc d;
+    s_daemon_start(&d, NULL);
+    ut_chan held, go;
+    ut_chan_open(&held);
+    ut_chan_open(&go);
+    pid_t h = ut_fork();
+    if (h == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "dropped-root", UL_TIMEOUT_FOREVER, &r, NULL, NULL, 5000))
+            _exit(10);
+        if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+            _exit(11);
+        ut_chan_put(&held, 'G');
+        ut_chan_get(&go, 30000);
+        _exit(0);
+    }
+    cr_assert_eq(ut_chan_get(&held, 30000), 'G');
+    kill(d.pid, SIGKILL);
+    cr_assert_eq(ut_wait_code(d.pid, 10000), 1000 + SIGKILL);
+    d.pid = s_spawn(d.dir, d.log, NULL);
+    cr_assert(ut_ping_until(d.ep, 10000), "restarted uvmleased did not answer");
+    pid_t t = ut_fork();
+    if (t == 0) {
+        void *s = ut_dealer(d.ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "intruder", 0, &r, NULL, NULL, 5000) != UVMLEASE_EBUSY)
+            _exit(10);
+        _exit(r.has_holder && r.holder.pid == (uint32_t)h ? 0 : 11);
+    }
+    cr_assert_eq(ut_wait_code(t, 10000), 0, "the restarted broker dropped a live holder's lease");
+    ut_chan_put(&go, 'x');
+    cr_assert_eq(ut_wait_code(h, 10000), 0);
+    s_daemon_stop(&d);
+}
+
 /* A holder that dies while no broker runs is an abnormal release: with a
  * quarantine configured, the restarted broker keeps its UVM locked. */
 Test(daemon, holder_dead_during_restart_is_quarantined)

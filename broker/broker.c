@@ -234,6 +234,10 @@ static void *s_run(void *arg)
      * a client waiting for its answer paid on a small host even when
      * the line was written after the answer left (README, Performance). */
     ul_log_hold();
+    /* A libzmq pipe signals its reader only once a read has found it
+     * empty: read the monitor and ZAP sockets dry before the first wait,
+     * or the first connections' events would wait for a handshake. */
+    ul_conn_service(b, UL_CONN_EV_MON | UL_CONN_EV_ZAP);
     for (;;) {
         int timeout = s_timeout(b);
         uint64_t held = ul_log_held_since_ms();

@@ -609,6 +609,71 @@ static void s_flood(const char *ep, int n, ut_chan *rep, ut_chan *go)
     _exit(0);
 }
 
+static bool s_sock_exists(void *ep)
+{
+    struct stat st;
+    return stat((const char *)ep + 6, &st) == 0;
+}
+
+/* Right after the start, before any client has completed a handshake,
+ * connections over one uid's share are refused at accept, not left to the
+ * handshake timeout (the monitor's events must wake the loop from the
+ * first one on). */
+Test(identity, connections_over_the_limit_refused_from_the_start, .timeout = 60)
+{
+    if (geteuid() != 0)
+        cr_skip_test("the daemon's socket group needs root");
+    char parent[256], dir[320], log[340], ep[400];
+    ut_tmpdir("limit0", parent, sizeof parent);
+    chmod(parent, 0755);
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    snprintf(log, sizeof log, "%s/log", parent);
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
+    pid_t d = s_spawn_daemon(dir, log, 128); /* about 7 connections a uid */
+    cr_assert(ut_wait_until(s_sock_exists, ep, 15000), "the daemon did not bind");
+    enum { N = 24 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = s_raw_connect(ep);
+        cr_assert_geq(fds[i], 0);
+        fcntl(fds[i], F_SETFL, O_NONBLOCK);
+    }
+    /* Count the connections the daemon closes within 1 s: half of the 2 s
+     * a silent connection is given for its handshake. */
+    uint64_t t0 = ul_now_ms();
+    int closed = 0;
+    bool open[N];
+    for (int i = 0; i < N; i++)
+        open[i] = true;
+    while (ul_now_ms() - t0 < 1000) {
+        struct pollfd p[N];
+        for (int i = 0; i < N; i++)
+            p[i] = (struct pollfd){.fd = open[i] ? fds[i] : -1, .events = POLLIN};
+        if (poll(p, N, 50) <= 0)
+            continue;
+        for (int i = 0; i < N; i++) {
+            if (!open[i] || !p[i].revents)
+                continue;
+            char buf[256];
+            ssize_t n;
+            while ((n = read(fds[i], buf, sizeof buf)) > 0) {
+            }
+            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+                open[i] = false;
+                closed++;
+            }
+        }
+    }
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    cr_log_info("%d of %d idle connections refused within 1 s of the start", closed, N);
+    cr_assert_geq(closed, N / 2, "only %d of %d connections over the limit were refused", closed,
+                  N);
+    kill(d, SIGTERM);
+    cr_assert_eq(ut_wait_code(d, 10000), 0);
+    ut_rmrf(parent);
+}
+
 /* One uid opens more connections than the daemon has descriptors. The
  * daemon must stay up (libzmq 4.3.4 aborts on EMFILE in accept without the
  * guard), keep a holder's lease and connection working, and serve another

@@ -674,6 +674,113 @@ Test(identity, connections_over_the_limit_refused_from_the_start, .timeout = 60)
     ut_rmrf(parent);
 }
 
+static int s_try(const char *ep, const char *uvm);
+
+static bool s_free_a(void *ep)
+{
+    return s_try(ep, UVM_A) == 0 && s_try(ep, UVM_B) == 0;
+}
+
+/* Try to take uvm from this (root) process: the status. */
+static int s_try(const char *ep, const char *uvm)
+{
+    void *s = ut_dealer(ep);
+    ul_reply r;
+    memset(&r, 0, sizeof r);
+    int rc = ut_acquire(s, uvm, true, "probe", 0, &r, NULL, NULL, 5000);
+    if (rc == 0)
+        ut_release(s, r.lease);
+    ul_reply_free(&r);
+    ut_dealer_close(s);
+    return rc;
+}
+
+/* A restarted broker finds the same process in two records under two
+ * uids: as the watched child of a root holder's lease (recorded with the
+ * holder's uid) and as the holder, under its own uid, of a lease of its
+ * own. Both leases come back: a process is the same by pid and start time,
+ * and neither record may drop it. */
+Test(identity, restore_keeps_a_watched_child_that_holds_its_own_lease, .timeout = 90)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to switch to nobody");
+    char parent[256], dir[320], log[340], ep[400];
+    ut_tmpdir("twouids", parent, sizeof parent);
+    chmod(parent, 0755);
+    snprintf(dir, sizeof dir, "%s/rt", parent);
+    snprintf(log, sizeof log, "%s/log", parent);
+    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
+    pid_t d = s_spawn_daemon(dir, log, 1024);
+    cr_assert(ut_wait_until(s_daemon_up, ep, 15000), "the daemon did not start");
+    gid_t users = s_gid("users");
+    ut_chan crep, hrep;
+    ut_chan_open(&crep);
+    ut_chan_open(&hrep);
+    int cpid[2], life[2];
+    cr_assert_eq(pipe(cpid), 0);
+    /* Holder and child wait on life: when this test ends, failed or not,
+     * they see its end and exit (the child outlives the holder). */
+    cr_assert_eq(pipe(life), 0);
+    pid_t h = ut_fork();
+    if (h == 0) {
+        close(life[1]);
+        char x;
+        void *s = ut_dealer(ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_A, true, "parent", 0, &r, NULL, NULL, 5000))
+            _exit(10);
+        uint64_t lease = r.lease;
+        ul_reply_free(&r);
+        pid_t c = fork();
+        if (c == 0) {
+            prctl(PR_SET_PDEATHSIG, 0);
+            if (!s_become_nobody(&users, 1))
+                _exit(20);
+            void *cs = ut_dealer(ep);
+            ul_reply cr;
+            memset(&cr, 0, sizeof cr);
+            if (ut_acquire(cs, UVM_B, true, "child", 0, &cr, NULL, NULL, 5000))
+                _exit(21);
+            ut_chan_put(&crep, 'C');
+            _exit(read(life[0], &x, 1) < 0 ? 1 : 0);
+        }
+        if (c < 0 || ut_chan_get(&crep, 30000) != 'C')
+            _exit(11);
+        ul_request q;
+        ut_req(&q, UL_OP_WATCH_CHILD);
+        q.lease = lease;
+        q.pid = (uint32_t)c;
+        memset(&r, 0, sizeof r);
+        if (ut_call(s, &q, &r, 5000) != 0 || r.err != 0)
+            _exit(12);
+        if (write(cpid[1], &c, sizeof c) != sizeof c)
+            _exit(13);
+        ut_chan_put(&hrep, 'W');
+        _exit(read(life[0], &x, 1) < 0 ? 1 : 0);
+    }
+    close(life[0]);
+    cr_assert_eq(ut_chan_get(&hrep, 30000), 'W', "holder setup failed");
+    pid_t c = 0;
+    cr_assert_eq(read(cpid[0], &c, sizeof c), (ssize_t)sizeof c);
+
+    kill(d, SIGKILL);
+    cr_assert_eq(ut_wait_code(d, 10000), 1000 + SIGKILL);
+    d = s_spawn_daemon(dir, log, 1024);
+    cr_assert(ut_wait_until(s_daemon_up, ep, 15000), "the restarted daemon did not answer");
+    /* The parent goes: its lease stays with the child it watches. */
+    kill(h, SIGKILL);
+    cr_assert_eq(ut_wait_code(h, 10000), 1000 + SIGKILL);
+    cr_assert_eq(s_try(ep, UVM_B), UVMLEASE_EBUSY, "the child's own lease was not restored");
+    cr_assert_eq(s_try(ep, UVM_A), UVMLEASE_EBUSY,
+                 "the parent's lease was not kept for its watched child");
+    kill(c, SIGKILL);
+    cr_assert(ut_wait_until(s_free_a, ep, 10000), "the child's death freed nothing");
+    kill(d, SIGTERM);
+    cr_assert_eq(ut_wait_code(d, 10000), 0);
+    ut_rmrf(parent);
+}
+
 /* One uid opens more connections than the daemon has descriptors. The
  * daemon must stay up (libzmq 4.3.4 aborts on EMFILE in accept without the
  * guard), keep a holder's lease and connection working, and serve another

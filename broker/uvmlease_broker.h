@@ -69,7 +69,11 @@ typedef struct uvmlease_broker_config {
     void *heartbeat_ctx;
     uint64_t heartbeat_ms;
     ul_log_level log_level; /* default UL_LOG_INFO */
-    ul_log_sink log_sink;   /* NULL: stderr */
+    /* Lines of the broker's thread reach the sink from that thread: info
+     * and debug lines in batches, at most 100 ms after their event (each
+     * keeps its own ts=), warnings and errors at once; lines of start and
+     * stop from the caller's thread. NULL: stderr. */
+    ul_log_sink log_sink;
     void *log_ctx;
 } uvmlease_broker_config;
 

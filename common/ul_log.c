@@ -27,10 +27,12 @@ int ul_log_level_parse(const char *s)
     return -1;
 }
 
+#define S_VALUE_MAX 1099 /* bytes of one value, escaped */
+
 /* Append a logfmt value: escaped, quoted if it holds space, '=' or '"'. */
-static size_t s_put_value(char *out, size_t outsz, const char *v)
+static size_t s_put_escaped(char *out, size_t outsz, const char *v)
 {
-    char esc[1100];
+    char esc[S_VALUE_MAX + 1];
     size_t n = ul_escape(v, strlen(v), esc, sizeof esc);
     bool quote = n == 0 || strpbrk(esc, " =\"") != NULL;
     int w = snprintf(out, outsz, quote ? "\"%s\"" : "%s", esc);
@@ -41,31 +43,79 @@ static size_t s_put_value(char *out, size_t outsz, const char *v)
 
 /* Keys and values after msg: at most this many pairs (a line is 4 KiB). */
 #define S_MAX_PAIRS 32
+#define S_LINE      4096
+
+/* Append n bytes, as many as fit before the line's last byte. */
+static size_t s_append(char *line, size_t len, const char *p, size_t n)
+{
+    if (len >= S_LINE - 1)
+        return len;
+    if (n > S_LINE - 1 - len)
+        n = S_LINE - 1 - len;
+    memcpy(line + len, p, n);
+    return len + n;
+}
+
+/* A value that is written as it is: printable ASCII without space, '=',
+ * '"' or '\\' (most are: ids, numbers, names). The rest is escaped. */
+static size_t s_plain_len(const char *v)
+{
+    size_t i = 0;
+    for (; v[i]; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c <= ' ' || c >= 0x7f || c == '"' || c == '=' || c == '\\')
+            return 0;
+    }
+    return i;
+}
+
+static size_t s_put_value(char *line, size_t len, const char *v)
+{
+    size_t n = s_plain_len(v);
+    if (n) /* at most what an escaped value may take */
+        return s_append(line, len, v, n < S_VALUE_MAX ? n : S_VALUE_MAX);
+    if (len >= S_LINE - 1)
+        return len;
+    return len + s_put_escaped(line + len, S_LINE - len, v);
+}
+
+/* "ts=YYYY-MM-DDTHH:MM:SS" for this thread's last second: gmtime_r and
+ * strftime once a second, not once a line. */
+static _Thread_local struct {
+    time_t sec;
+    bool set;
+    char text[32];
+    size_t len;
+} t_ts;
 
 /* One line: kv holds n keys and values, alternating. */
-static void s_format(char line[4096], const struct timespec *ts, ul_log_level level,
+static void s_format(char line[S_LINE], const struct timespec *ts, ul_log_level level,
                      const char *msg, const char *const *kv, size_t n)
 {
-    const size_t cap = 4096;
-    size_t len = 0;
-    struct tm tm;
-    gmtime_r(&ts->tv_sec, &tm);
-    len += strftime(line, cap, "ts=%Y-%m-%dT%H:%M:%S", &tm);
-    len += (size_t)snprintf(line + len, cap - len, ".%03ldZ level=%s msg=", ts->tv_nsec / 1000000,
-                            ul_log_level_name(level));
-    len += s_put_value(line + len, cap - len, msg);
-    for (size_t i = 0; i < n * 2; i += 2) {
-        if (len + 2 >= cap)
-            break;
-        int w = snprintf(line + len, cap - len, " %s=", kv[i]);
-        if (w < 0 || (size_t)w >= cap - len) {
-            len = cap - 1;
-            break;
-        }
-        len += (size_t)w;
-        len += s_put_value(line + len, cap - len, kv[i + 1] ? kv[i + 1] : "");
+    if (!t_ts.set || t_ts.sec != ts->tv_sec) {
+        struct tm tm;
+        gmtime_r(&ts->tv_sec, &tm);
+        t_ts.len = strftime(t_ts.text, sizeof t_ts.text, "ts=%Y-%m-%dT%H:%M:%S", &tm);
+        t_ts.sec = ts->tv_sec;
+        t_ts.set = true;
     }
-    line[cap - 1] = '\0';
+    size_t len = s_append(line, 0, t_ts.text, t_ts.len);
+    long ms = ts->tv_nsec / 1000000;
+    char frac[5] = {'.', (char)('0' + ms / 100), (char)('0' + ms / 10 % 10), (char)('0' + ms % 10),
+                    'Z'};
+    len = s_append(line, len, frac, sizeof frac);
+    const char *lv = ul_log_level_name(level);
+    len = s_append(line, len, " level=", 7);
+    len = s_append(line, len, lv, strlen(lv));
+    len = s_append(line, len, " msg=", 5);
+    len = s_put_value(line, len, msg);
+    for (size_t i = 0; i < n * 2; i += 2) {
+        len = s_append(line, len, " ", 1);
+        len = s_append(line, len, kv[i], strlen(kv[i]));
+        len = s_append(line, len, "=", 1);
+        len = s_put_value(line, len, kv[i + 1] ? kv[i + 1] : "");
+    }
+    line[len < S_LINE ? len : S_LINE - 1] = '\0';
 }
 
 static void s_emit(const ul_logger *lg, ul_log_level level, const char *line)

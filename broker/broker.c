@@ -230,9 +230,9 @@ static void *s_run(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
 
     /* Info lines are written in batches, at most S_LOG_HOLD_MS after the
-     * event (each keeps its own time): one line costs about 3 us, which
-     * a client waiting for its answer paid on a small host even when
-     * the line was written after the answer left (README, Performance). */
+     * event (each keeps its own time): a write(2) per line was paid by
+     * the client waiting for its answer on a small host, even when the
+     * line was written after the answer left (README, Performance). */
     ul_log_hold();
     /* A libzmq pipe signals its reader only once a read has found it
      * empty: read the monitor and ZAP sockets dry before the first wait,

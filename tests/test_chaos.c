@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -140,6 +141,7 @@ static pid_t s_daemon_spawn(const chaos *c)
 typedef struct shared {
     int stop;
     int pause;           /* quiet restart: start no run while set */
+    int split;           /* pinned restart: worker k runs on UVM k % 2 */
     int idle[N_WORKERS]; /* the worker saw pause and runs nothing */
     unsigned runs[N_WORKERS];
     unsigned ok[N_WORKERS];
@@ -152,6 +154,8 @@ static int s_run_once(const chaos *c, const char *uvm)
 {
     pid_t pid = fork();
     if (pid == 0) {
+        /* A failed test kills its workers: their commands go with them. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open("/dev/null", O_WRONLY);
         if (fd >= 0)
             dup2(fd, 1);
@@ -178,7 +182,8 @@ static void s_worker(const chaos *c, shared *sh, int k)
             s_nap_ms(1);
         }
         __atomic_store_n(&sh->idle[k], 0, __ATOMIC_RELEASE);
-        int code = s_run_once(c, s_uvms[(i + (unsigned)k) % 2]);
+        unsigned u = __atomic_load_n(&sh->split, __ATOMIC_ACQUIRE) ? (unsigned)k : i + (unsigned)k;
+        int code = s_run_once(c, s_uvms[u % 2]);
         sh->runs[k]++;
         if (code == 0)
             sh->ok[k]++;
@@ -411,7 +416,9 @@ Test(chaos, kill9_restarts_under_load_never_overlap)
          * wherever the workers are: 0, 4, 7 */
         bool pin = i == 1 || i == 3 || i == 5;
         bool quiet = i == 2 || i == 6;
-        if (quiet) {
+        if (quiet || pin) {
+            /* Every worker between runs: nothing held (quiet), or a
+             * known start for the pinned restart. */
             __atomic_store_n(&sh->pause, 1, __ATOMIC_RELEASE);
             uint64_t limit = ul_now_ms() + 20000;
             for (int k = 0; k < N_WORKERS; k++)
@@ -419,12 +426,18 @@ Test(chaos, kill9_restarts_under_load_never_overlap)
                     cr_assert_lt(ul_now_ms(), limit, "restart %d: worker %d did not go idle", i, k);
                     s_nap_ms(1);
                 }
-            quiets++;
+            if (quiet)
+                quiets++;
         }
         if (pin) {
+            /* Commands hold while the gate exists; two workers go to each
+             * UVM, so each is held by one while the other waits (left to
+             * chance, all three others could queue on the held one). */
             int gfd = open(c.gate, O_WRONLY | O_CREAT, 0600);
             cr_assert_geq(gfd, 0);
             close(gfd);
+            __atomic_store_n(&sh->split, 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&sh->pause, 0, __ATOMIC_RELEASE);
             if (!s_both_held(&c, 10000)) {
                 s_tail(c.log);
                 s_tail(c.daemon_log);
@@ -447,6 +460,7 @@ Test(chaos, kill9_restarts_under_load_never_overlap)
                 cr_assert_fail("restart %d: the waiters did not come back", i);
             }
             pinned++;
+            __atomic_store_n(&sh->split, 0, __ATOMIC_RELEASE);
             cr_assert_eq(unlink(c.gate), 0);
         }
         if (quiet)

@@ -550,10 +550,30 @@ static bool s_ping_once(const char *ep)
     return rc == 0 && r.err == 0;
 }
 
-static bool s_daemon_up(void *ep)
+/* A uvmleased of its own for one test: runtime directory under a parent
+ * others may enter (the socket group's members connect), its log beside. */
+typedef struct idaemon {
+    char parent[256], dir[320], log[340], ep[400];
+    pid_t pid;
+} idaemon;
+
+/* Start it; it may not be listening yet. */
+static void s_daemon(idaemon *x, const char *tag, rlim_t nofile)
 {
-    struct stat st;
-    return stat((const char *)ep + 6, &st) == 0 && s_ping_once(ep);
+    ut_tmpdir(tag, x->parent, sizeof x->parent);
+    chmod(x->parent, 0755);
+    snprintf(x->dir, sizeof x->dir, "%s/rt", x->parent);
+    snprintf(x->log, sizeof x->log, "%s/log", x->parent);
+    snprintf(x->ep, sizeof x->ep, "ipc://%s/broker.sock", x->dir);
+    x->pid = s_spawn_daemon(x->dir, x->log, nofile);
+}
+
+/* Stop it (SIGTERM, a clean exit) and remove its files. */
+static void s_daemon_stop(idaemon *x)
+{
+    kill(x->pid, SIGTERM);
+    cr_assert_eq(ut_wait_code(x->pid, 10000), 0);
+    ut_rmrf(x->parent);
 }
 
 /* A burst child: n non-blocking connects as fast as the kernel takes them,
@@ -628,18 +648,13 @@ Test(identity, connections_over_the_limit_refused_from_the_start, .timeout = 60)
 {
     if (geteuid() != 0)
         cr_skip_test("the daemon's socket group needs root");
-    char parent[256], dir[320], log[340], ep[400];
-    ut_tmpdir("limit0", parent, sizeof parent);
-    chmod(parent, 0755);
-    snprintf(dir, sizeof dir, "%s/rt", parent);
-    snprintf(log, sizeof log, "%s/log", parent);
-    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
-    pid_t d = s_spawn_daemon(dir, log, 128); /* about 7 connections a uid */
-    cr_assert(ut_wait_until(s_listening, ep, 15000), "the daemon did not listen");
+    idaemon x;
+    s_daemon(&x, "limit0", 128); /* about 7 connections a uid */
+    cr_assert(ut_wait_until(s_listening, x.ep, 15000), "the daemon did not listen");
     enum { N = 24 };
     int fds[N];
     for (int i = 0; i < N; i++) {
-        fds[i] = s_raw_connect(ep);
+        fds[i] = s_raw_connect(x.ep);
         cr_assert_geq(fds[i], 0);
         fcntl(fds[i], F_SETFL, O_NONBLOCK);
     }
@@ -674,9 +689,7 @@ Test(identity, connections_over_the_limit_refused_from_the_start, .timeout = 60)
     cr_log_info("%d of %d idle connections refused within 1 s of the start", closed, N);
     cr_assert_geq(closed, N / 2, "only %d of %d connections over the limit were refused", closed,
                   N);
-    kill(d, SIGTERM);
-    cr_assert_eq(ut_wait_code(d, 10000), 0);
-    ut_rmrf(parent);
+    s_daemon_stop(&x);
 }
 
 static int s_try(const char *ep, const char *uvm);
@@ -709,14 +722,9 @@ Test(identity, restore_keeps_a_watched_child_that_holds_its_own_lease, .timeout 
 {
     if (geteuid() != 0)
         cr_skip_test("needs root to switch to nobody");
-    char parent[256], dir[320], log[340], ep[400];
-    ut_tmpdir("twouids", parent, sizeof parent);
-    chmod(parent, 0755);
-    snprintf(dir, sizeof dir, "%s/rt", parent);
-    snprintf(log, sizeof log, "%s/log", parent);
-    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
-    pid_t d = s_spawn_daemon(dir, log, 1024);
-    cr_assert(ut_wait_until(s_daemon_up, ep, 15000), "the daemon did not start");
+    idaemon x;
+    s_daemon(&x, "twouids", 1024);
+    cr_assert(ut_ping_until(x.ep, 15000), "the daemon did not start");
     gid_t users = s_gid("users");
     ut_chan crep, hrep;
     ut_chan_open(&crep);
@@ -729,8 +737,8 @@ Test(identity, restore_keeps_a_watched_child_that_holds_its_own_lease, .timeout 
     pid_t h = ut_fork();
     if (h == 0) {
         close(life[1]);
-        char x;
-        void *s = ut_dealer(ep);
+        char byte;
+        void *s = ut_dealer(x.ep);
         ul_reply r;
         memset(&r, 0, sizeof r);
         if (ut_acquire(s, UVM_A, true, "parent", 0, &r, NULL, NULL, 5000))
@@ -742,13 +750,13 @@ Test(identity, restore_keeps_a_watched_child_that_holds_its_own_lease, .timeout 
             prctl(PR_SET_PDEATHSIG, 0);
             if (!s_become_nobody(&users, 1))
                 _exit(20);
-            void *cs = ut_dealer(ep);
+            void *cs = ut_dealer(x.ep);
             ul_reply cr;
             memset(&cr, 0, sizeof cr);
             if (ut_acquire(cs, UVM_B, true, "child", 0, &cr, NULL, NULL, 5000))
                 _exit(21);
             ut_chan_put(&crep, 'C');
-            _exit(read(life[0], &x, 1) < 0 ? 1 : 0);
+            _exit(read(life[0], &byte, 1) < 0 ? 1 : 0);
         }
         if (c < 0 || ut_chan_get(&crep, 30000) != 'C')
             _exit(11);
@@ -762,28 +770,26 @@ Test(identity, restore_keeps_a_watched_child_that_holds_its_own_lease, .timeout 
         if (write(cpid[1], &c, sizeof c) != sizeof c)
             _exit(13);
         ut_chan_put(&hrep, 'W');
-        _exit(read(life[0], &x, 1) < 0 ? 1 : 0);
+        _exit(read(life[0], &byte, 1) < 0 ? 1 : 0);
     }
     close(life[0]);
     cr_assert_eq(ut_chan_get(&hrep, 30000), 'W', "holder setup failed");
     pid_t c = 0;
     cr_assert_eq(read(cpid[0], &c, sizeof c), (ssize_t)sizeof c);
 
-    kill(d, SIGKILL);
-    cr_assert_eq(ut_wait_code(d, 10000), 1000 + SIGKILL);
-    d = s_spawn_daemon(dir, log, 1024);
-    cr_assert(ut_wait_until(s_daemon_up, ep, 15000), "the restarted daemon did not answer");
+    kill(x.pid, SIGKILL);
+    cr_assert_eq(ut_wait_code(x.pid, 10000), 1000 + SIGKILL);
+    x.pid = s_spawn_daemon(x.dir, x.log, 1024);
+    cr_assert(ut_ping_until(x.ep, 15000), "the restarted daemon did not answer");
     /* The parent goes: its lease stays with the child it watches. */
     kill(h, SIGKILL);
     cr_assert_eq(ut_wait_code(h, 10000), 1000 + SIGKILL);
-    cr_assert_eq(s_try(ep, UVM_B), UVMLEASE_EBUSY, "the child's own lease was not restored");
-    cr_assert_eq(s_try(ep, UVM_A), UVMLEASE_EBUSY,
+    cr_assert_eq(s_try(x.ep, UVM_B), UVMLEASE_EBUSY, "the child's own lease was not restored");
+    cr_assert_eq(s_try(x.ep, UVM_A), UVMLEASE_EBUSY,
                  "the parent's lease was not kept for its watched child");
     kill(c, SIGKILL);
-    cr_assert(ut_wait_until(s_free_a, ep, 10000), "the child's death freed nothing");
-    kill(d, SIGTERM);
-    cr_assert_eq(ut_wait_code(d, 10000), 0);
-    ut_rmrf(parent);
+    cr_assert(ut_wait_until(s_free_a, x.ep, 10000), "the child's death freed nothing");
+    s_daemon_stop(&x);
 }
 
 /* One uid opens more connections than the daemon has descriptors. The
@@ -794,15 +800,10 @@ Test(identity, descriptor_exhaustion_keeps_the_daemon_serving, .timeout = 160)
 {
     if (geteuid() != 0)
         cr_skip_test("needs root to switch to nobody");
-    char parent[256], dir[320], log[340], ep[400];
-    ut_tmpdir("nofile", parent, sizeof parent);
-    chmod(parent, 0755);
-    snprintf(dir, sizeof dir, "%s/rt", parent);
-    snprintf(log, sizeof log, "%s/log", parent);
-    snprintf(ep, sizeof ep, "ipc://%s/broker.sock", dir);
-    pid_t d = s_spawn_daemon(dir, log, 128);
-    cr_assert(ut_wait_until(s_daemon_up, ep, 15000), "the daemon did not start");
-    void *holder = ut_dealer(ep);
+    idaemon x;
+    s_daemon(&x, "nofile", 128);
+    cr_assert(ut_ping_until(x.ep, 15000), "the daemon did not start");
+    void *holder = ut_dealer(x.ep);
     ul_reply rep;
     memset(&rep, 0, sizeof rep);
     cr_assert_eq(ut_acquire(holder, UVM_A, true, "holder", 0, &rep, NULL, NULL, 5000), 0);
@@ -815,7 +816,7 @@ Test(identity, descriptor_exhaustion_keeps_the_daemon_serving, .timeout = 160)
     uint64_t t0 = ul_now_ms();
     pid_t f = ut_fork();
     if (f == 0)
-        s_flood(ep, 600, &frep, &fgo);
+        s_flood(x.ep, 600, &frep, &fgo);
     int counts[2] = {0, 0};
     int fl = ut_chan_get(&frep, 100000);
     cr_assert_eq(fl, 'F', "the flood did not finish (%d)", fl == 'F' ? 0 : ut_wait_code(f, 1000));
@@ -823,15 +824,14 @@ Test(identity, descriptor_exhaustion_keeps_the_daemon_serving, .timeout = 160)
     cr_log_info("flood: %d burst connects, then 600 connects: %d connected, %d handshakes "
                 "accepted, %llu ms",
                 S_BURSTS * S_BURST_N, counts[0], counts[1], (unsigned long long)(ul_now_ms() - t0));
-    cr_assert_eq(waitpid(d, NULL, WNOHANG), 0, "the daemon died during the flood (see %s)", log);
-    cr_assert(s_ping_once(ep), "another uid is not served while the flood holds its connections");
+    cr_assert_eq(waitpid(x.pid, NULL, WNOHANG), 0, "the daemon died during the flood (see %s)",
+                 x.log);
+    cr_assert(s_ping_once(x.ep), "another uid is not served while the flood holds its connections");
     cr_assert_eq(ut_release(holder, lease), 0, "the holder's connection no longer works");
     ut_chan_put(&fgo, 'G');
     cr_assert_eq(ut_wait_code(f, 30000), 0);
-    cr_assert(s_ping_once(ep));
-    cr_assert_eq(waitpid(d, NULL, WNOHANG), 0, "the daemon died after the flood");
+    cr_assert(s_ping_once(x.ep));
+    cr_assert_eq(waitpid(x.pid, NULL, WNOHANG), 0, "the daemon died after the flood");
     ut_dealer_close(holder);
-    kill(d, SIGTERM);
-    cr_assert_eq(ut_wait_code(d, 10000), 0);
-    ut_rmrf(parent);
+    s_daemon_stop(&x);
 }

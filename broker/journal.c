@@ -20,7 +20,7 @@
 #define S_HDR_SLOTS 2u
 #define S_HDR_LEN   64u
 #define S_REC_HEAD  80u
-#define S_MAX_SLOTS 1048576u
+#define S_MAX_SLOTS (1048576u + 1u)     /* --max-leases at most, and the spare */
 #define S_VAL_MAX   (UINT64_C(1) << 63) /* fences and ids stay below 2^63 */
 #define S_PID_MAX   4194304u            /* PID_MAX_LIMIT */
 #define S_CHUNK     64u                 /* slots read per pread at load */
@@ -189,6 +189,8 @@ static uint32_t s_hash(const ul_journal *j, uint64_t k)
 
 static uint32_t *s_map_find(ul_journal *j, uint64_t lease)
 {
+    if (lease == 0)
+        return NULL; /* 0 marks an empty bucket */
     for (uint32_t i = s_hash(j, lease);; i = (i + 1) & j->map_mask) {
         if (j->map_key[i] == lease)
             return &j->map_val[i];
@@ -264,9 +266,11 @@ static int s_put_record(ul_journal *j, const ul_jrec *r, uint32_t *slot_out)
     return 0;
 }
 
+/* Clear the magic and the CRC: a later record's write into this slot that
+ * stops after its magic then reads as torn, never as this record. */
 static int s_clear(ul_journal *j, uint32_t slot)
 {
-    static const unsigned char zero[4];
+    static const unsigned char zero[8];
     if (s_write(j, zero, sizeof zero, s_slot_off(slot)) != 0) {
         j->pending[j->n_pending++] = slot;
         return UVMLEASE_ESYSTEM;

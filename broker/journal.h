@@ -15,7 +15,7 @@
  *           and start time, watched child, class, UVM id, label.
  *
  * A grant writes a record into a free slot; a release clears the slot's
- * 4-byte magic; attaching a child writes a new record into another slot
+ * magic and CRC (8 bytes); attaching a child writes a new record into another slot
  * and then clears the old one (a higher sequence wins at load). So every
  * multi-byte write goes to a slot nothing live depends on, and a record cut
  * short (a CRC that does not match) is one whose effect was never

@@ -67,8 +67,9 @@ int ul_persist_grant(void *ctx, const lt_lease *l)
     int rc = ul_journal_grant(b->journal, &r);
     if (rc == 0)
         return 0;
-    if (l->exclusive)
-        s_failing(b);
+    /* A shared lease is granted unrecorded, but the slot its write may
+     * have cut short must be cleared by the retry all the same. */
+    s_failing(b);
     return rc;
 }
 
@@ -125,14 +126,18 @@ int ul_persist_child(uvmlease_broker *b, uint64_t lease, const struct bproc *chi
     return UVMLEASE_EJOURNAL;
 }
 
+/* Clears first: on a full journal they free the slots the pending child
+ * copies need. */
 static int s_retry(uvmlease_broker *b)
 {
+    if (ul_journal_retry(b->journal) != 0)
+        return -1;
     while (b->n_child_pending > 0) {
         if (s_child_write(b, b->child_pending[b->n_child_pending - 1]) != 0)
             return -1;
         b->n_child_pending--;
     }
-    return ul_journal_retry(b->journal);
+    return ul_journal_healthy(b->journal) ? 0 : -1;
 }
 
 uint64_t ul_persist_tick(uvmlease_broker *b, uint64_t now)

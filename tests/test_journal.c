@@ -77,18 +77,21 @@ static void s_path(char *dir, char *path, size_t n, const char *tag)
 /* ---- injected write failures ------------------------------------------- */
 
 typedef struct s_fault {
-    atomic_int mode;  /* 0 pass, 1 fail (ENOSPC), 2 cut short after `cut` bytes */
-    atomic_int only4; /* fail only 4-byte writes (slot clears) */
+    atomic_int mode;        /* 0 pass, 1 fail (ENOSPC), 2 cut short after `cut` bytes */
+    atomic_int only_clears; /* fail only slot clears (S_CLEAR_LEN-byte writes) */
     size_t cut;
     atomic_int writes;
 } s_fault;
+
+/* A slot clear writes zeros over a record's magic and CRC (journal.c). */
+#define S_CLEAR_LEN 8
 
 static ssize_t s_faulty(void *ctx, int fd, const void *buf, size_t n, off_t off)
 {
     s_fault *f = ctx;
     atomic_fetch_add(&f->writes, 1);
     int mode = atomic_load(&f->mode);
-    if (mode == 0 || (atomic_load(&f->only4) && n != 4))
+    if (mode == 0 || (atomic_load(&f->only_clears) && n != S_CLEAR_LEN))
         return pwrite(fd, buf, n, off);
     if (mode == 2 && f->cut < n) {
         ssize_t w = pwrite(fd, buf, f->cut, off);
@@ -251,7 +254,7 @@ Test(journal, child_copy_wins_over_old_record)
     a.child_start = 4242;
     /* The new copy is written, clearing the old one fails: both are on
      * disk, as after a crash between the two writes. */
-    atomic_store(&f.only4, 1);
+    atomic_store(&f.only_clears, 1);
     atomic_store(&f.mode, 1);
     cr_assert_eq(ul_journal_child(j, &a), 0);
     ul_journal_close(&j);
@@ -710,6 +713,84 @@ Test(journal, magic_cut_short_is_torn)
     ut_rmrf(dir);
 }
 
+/* A release clears more than the magic: a grant into the same slot cut
+ * short right after its magic must not bring the released record back. */
+Test(journal, released_record_not_revived_by_a_cut_grant)
+{
+    char dir[256], path[320];
+    s_fault f = {.cut = 4};
+    ul_journal_load ld;
+    ul_journal *j = s_fresh("jrevive", dir, path, 1, &f);
+    ul_jrec a;
+    s_rec(&a, 1, "released@vm", "gone");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    cr_assert_eq(ul_journal_release(j, 1), 0);
+    s_rec(&a, 2, "next@vm", "cut");
+    atomic_store(&f.mode, 2);
+    cr_assert_eq(ul_journal_grant(j, &a), UVMLEASE_ESYSTEM);
+    ul_journal_close(&j); /* the broker dies before the retry */
+    j = s_open_ok(path, 1, &ld);
+    cr_assert_eq(ld.n, 0, "a released lease came back (lease %llu)",
+                 ld.n ? (unsigned long long)ld.recs[0].lease : 0ull);
+    cr_assert_eq(ld.torn, 1);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* Lease 0 names no lease: releasing it clears nothing (0 marks an empty
+ * bucket of the journal's lease map). */
+Test(journal, release_of_lease_zero_clears_nothing)
+{
+    char dir[256], path[320];
+    ul_journal_load ld;
+    ul_journal *j = s_fresh("jzero", dir, path, 4, NULL);
+    ul_jrec a;
+    s_rec(&a, 1, "kept@vm", "a");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    cr_assert_eq(ul_journal_release(j, 0), 0);
+    ul_journal_close(&j);
+    j = s_open_ok(path, 4, &ld);
+    cr_assert_eq(ld.n, 1, "a live record was cleared by a release of lease 0");
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* A shared lease whose record cannot be written is granted unrecorded,
+ * but the journal is failing all the same: exclusive grants wait until
+ * the retry has cleared the slot the write may have cut short. */
+Test(journal, failed_shared_write_is_retried)
+{
+    s_fault f = {0};
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    cfg.max_leases = 16;
+    cfg.journal_write = s_faulty;
+    cfg.journal_write_ctx = &f;
+    char dir[256];
+    uvmlease_broker *b = ut_broker_start(&cfg, dir);
+    void *s = ut_dealer(uvmlease_broker_endpoint(b));
+    ul_reply rep;
+    atomic_store(&f.mode, 1);
+    cr_assert_eq(ut_acquire(s, "shared@vm", false, "std", 0, &rep, NULL, NULL, 5000), 0,
+                 "a shared lease is granted unrecorded");
+    uint64_t lease = rep.lease;
+    ul_reply_free(&rep);
+    char health[UL_MAX_NAME + 1];
+    cr_assert_eq(s_ping_journal(s, health, sizeof health), 0);
+    cr_assert_str_eq(health, "failing");
+    atomic_store(&f.mode, 0);
+    cr_assert_eq(ut_acquire(s, "conf@vm", true, "c", 10000, &rep, NULL, NULL, 10000), 0,
+                 "granted once the retry went through");
+    ul_reply_free(&rep);
+    cr_assert_eq(s_ping_journal(s, health, sizeof health), 0);
+    cr_assert_str_eq(health, "ok");
+    cr_assert_eq(ut_release(s, lease), 0);
+    ut_dealer_close(s);
+    ut_broker_stop(&b, dir);
+}
+
 /* watch-child writes a new copy of the record, then clears the old one.
  * When only that clear fails, a release would leave the old copy behind:
  * the broker must hold grants back until the clear is retried. */
@@ -737,7 +818,7 @@ Test(journal, failed_clear_after_child_copy_holds_grants)
     cr_assert_eq(ut_acquire(s, "cx@vm", true, "run", 0, &rep, NULL, NULL, 5000), 0);
     uint64_t lease = rep.lease;
     ul_reply_free(&rep);
-    atomic_store(&f.only4, 1); /* the copy is written, the clear fails */
+    atomic_store(&f.only_clears, 1); /* the copy is written, the clear fails */
     atomic_store(&f.mode, 1);
     ul_request q;
     ut_req(&q, UL_OP_WATCH_CHILD);

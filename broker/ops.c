@@ -203,8 +203,7 @@ static void s_owned_op(uvmlease_broker *b, const ul_peer *peer, const ul_request
  * lease outlives a killed uvmleasectl until the command is gone too. */
 static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_request *req)
 {
-    if (req->pid == 0 || req->pid == peer->pid ||
-        ul_proc_ppid((pid_t)req->pid) != (pid_t)peer->pid) {
+    if (req->pid == 0 || req->pid == peer->pid) {
         ul_broker_reply_error(b, peer, req, UVMLEASE_ENOTCHILD, NULL);
         return;
     }
@@ -214,9 +213,18 @@ static void s_watch_child(uvmlease_broker *b, const ul_peer *peer, const ul_requ
         ul_broker_reply_error(b, peer, req, err, NULL);
         return;
     }
+    /* The child's pidfd first, then its parent: a pid that was reused
+     * between the two would show as dead through the pidfd, and the
+     * parent read belongs to the process the pidfd holds. */
     bproc *c = ul_broker_proc_get(b, req->pid, peer->uid, &err);
     if (!c) {
         ul_broker_reply_error(b, peer, req, err, NULL);
+        ul_broker_proc_maybe_forget(b, p);
+        return;
+    }
+    if (ul_proc_ppid((pid_t)req->pid) != (pid_t)peer->pid || !ul_pidfd_alive(c->pidfd)) {
+        ul_broker_reply_error(b, peer, req, UVMLEASE_ENOTCHILD, NULL);
+        ul_broker_proc_maybe_forget(b, c);
         ul_broker_proc_maybe_forget(b, p);
         return;
     }

@@ -17,6 +17,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <pthread.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -839,4 +840,59 @@ Test(broker, foreign_lock_and_endpoint_refused)
     ut_settle(ep2); /* the first still answers */
     uvmlease_broker_stop(&b);
     ut_rmrf(parent);
+}
+
+/* watch-child anchors a lease to a child of the caller only: not to its
+ * parent, not to itself, not to a process that is gone. */
+Test(broker, watch_child_takes_only_a_child)
+{
+    uvmlease_broker_config cfg;
+    uvmlease_broker_config_init(&cfg);
+    const char *ep = s_start(&cfg);
+    pid_t p = ut_fork();
+    if (p == 0) {
+        void *s = ut_dealer(ep);
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        if (ut_acquire(s, UVM_C, true, "anchor", 0, &r, NULL, NULL, 5000))
+            _exit(10);
+        uint64_t lease = r.lease;
+        ul_reply_free(&r);
+        int go[2];
+        if (pipe(go) != 0)
+            _exit(11);
+        pid_t kid = fork();
+        if (kid == 0) {
+            char x;
+            close(go[1]);
+            _exit(read(go[0], &x, 1) < 0);
+        }
+        close(go[0]);
+        pid_t dead = fork();
+        if (dead == 0)
+            _exit(0);
+        waitpid(dead, NULL, 0);
+        const uint32_t pids[] = {(uint32_t)getppid(), (uint32_t)getpid(), (uint32_t)dead,
+                                 (uint32_t)kid};
+        const int want[] = {UVMLEASE_ENOTCHILD, UVMLEASE_ENOTCHILD, -1, 0};
+        for (int i = 0; i < 4; i++) {
+            ul_request q;
+            ut_req(&q, UL_OP_WATCH_CHILD);
+            q.lease = lease;
+            q.pid = pids[i];
+            memset(&r, 0, sizeof r);
+            if (ut_call(s, &q, &r, 5000) != 0)
+                _exit(20 + i);
+            int err = (int)r.err;
+            ul_reply_free(&r);
+            /* A reaped child is refused, as not a child or as gone. */
+            if (want[i] >= 0 ? err != want[i] : err == 0)
+                _exit(30 + i);
+        }
+        close(go[1]);
+        waitpid(kid, NULL, 0);
+        _exit(ut_release(s, lease) == 0 ? 0 : 40);
+    }
+    cr_assert_eq(ut_wait_code(p, 20000), 0);
+    s_stop();
 }

@@ -507,23 +507,6 @@ Test(broker, class_conflict_and_bad_input_replies)
     s_stop();
 }
 
-Test(broker, admin_ops_not_implemented_yet)
-{
-    const char *ep = s_start(NULL);
-    pid_t p = ut_fork();
-    if (p == 0) {
-        void *s = ut_dealer(ep);
-        ul_request q;
-        ul_reply r;
-        ut_req(&q, UL_OP_LIST);
-        if (ut_call(s, &q, &r, 5000))
-            _exit(10);
-        _exit(r.err == UVMLEASE_ENOTIMPL || r.err == 0 ? 0 : 11);
-    }
-    cr_assert_eq(ut_wait_code(p, 10000), 0);
-    s_stop();
-}
-
 /* Log lines: logfmt, with the client's process name escaped. */
 typedef struct logcap {
     char buf[65536];

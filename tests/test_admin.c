@@ -654,12 +654,62 @@ Test(admin, watchers_are_bounded_per_process)
         _exit(0);
     }
     cr_assert_eq(ut_wait_code(p, 10000), 0);
-    /* Its watchers went with it: another process may watch. */
-    void *s = ut_dealer(ep);
-    ul_request q;
-    ul_reply r;
-    ut_req(&q, UL_OP_WATCH);
-    s_call_ok(s, &q, &r);
-    cr_assert_eq(r.err, 0);
+    s_stop();
+}
+
+/* One process subscribing four watchers, reporting the status of the
+ * first; it holds them until go (or exits at once when hold is false). */
+static void s_watcher4(const char *ep, ut_chan *rep, ut_chan *go, bool hold)
+{
+    void *s[4];
+    int err = 0;
+    for (int i = 0; i < 4; i++) {
+        s[i] = ut_dealer(ep);
+        ul_request q;
+        ul_reply r;
+        memset(&r, 0, sizeof r);
+        ut_req(&q, UL_OP_WATCH);
+        if (ut_call(s[i], &q, &r, 5000))
+            _exit(10);
+        if (i == 0)
+            err = (int)r.err;
+    }
+    ut_chan_put(rep, err == 0 ? 'W' : err == UVMLEASE_ERESOURCE ? 'R' : 'E');
+    if (hold)
+        ut_chan_get(go, 30000);
+    _exit(0);
+}
+
+/* All 64 watcher slots taken by 16 processes; when one of them exits, its
+ * four slots are free again for another process. */
+Test(admin, dead_watchers_free_their_slots)
+{
+    const char *ep = s_start(NULL);
+    ut_chan rep, go;
+    ut_chan_open(&rep);
+    ut_chan_open(&go);
+    pid_t w[16];
+    for (int i = 0; i < 16; i++) {
+        w[i] = ut_fork();
+        if (w[i] == 0)
+            s_watcher4(ep, &rep, &go, i > 0);
+        cr_assert_eq(ut_chan_get(&rep, 10000), 'W', "watcher process %d", i);
+    }
+    cr_assert_eq(ut_wait_code(w[0], 10000), 0);
+    /* w[0] is gone: its four slots, and only those, are free. */
+    pid_t n = ut_fork();
+    if (n == 0)
+        s_watcher4(ep, &rep, &go, true);
+    cr_assert_eq(ut_chan_get(&rep, 10000), 'W', "the dead process's slots were not freed");
+    pid_t full = ut_fork();
+    if (full == 0)
+        s_watcher4(ep, &rep, &go, false);
+    cr_assert_eq(ut_chan_get(&rep, 10000), 'R', "more than 64 watchers");
+    cr_assert_eq(ut_wait_code(full, 10000), 0);
+    for (int i = 0; i < 16; i++)
+        ut_chan_put(&go, 'x');
+    for (int i = 1; i < 16; i++)
+        cr_assert_eq(ut_wait_code(w[i], 10000), 0);
+    cr_assert_eq(ut_wait_code(n, 10000), 0);
     s_stop();
 }

@@ -122,7 +122,6 @@ enum field_kind {
     FK_TEXT,    /* char[], free text, may be empty */
     FK_TEXT1,   /* char[], free text, not empty */
     FK_NAME,    /* char[], identifier [A-Za-z_][A-Za-z0-9_]* */
-    FK_NAME0,   /* char[], identifier or empty */
     FK_MODE,    /* ul_force_mode by name */
     FK_CLASS,   /* bool confidential: "confidential" | "standard" */
     FK_EVTYPE,  /* ul_event_type by name */
@@ -231,7 +230,7 @@ static const field f_rep_reply[] = {
 static const field f_rep_hello[] = {
     RP("pid", FK_PID, 0, broker_pid),
     RP("server", FK_TEXT, 0, server),
-    RP("journal", FK_NAME0, F_OPT | F_OMIT0, journal),
+    RP("journal", FK_NAME, F_OPT | F_OMIT0, journal),
 };
 static const field f_rep_queued[] = {RP("queued", FK_BOOL, 0, queued)};
 static const field f_rep_position[] = {RP("position", FK_U32NZ, 0, position)};
@@ -242,10 +241,10 @@ static const field f_rep_granted[] = {
 };
 static const field f_rep_more[] = {
     RP("more", FK_BOOL, 0, more),
-    RP("journal", FK_NAME0, F_OPT | F_OMIT0, journal),
+    RP("journal", FK_NAME, F_OPT | F_OMIT0, journal),
 };
 /* cancel: the lease released because the acquire had been granted already */
-static const field f_rep_cancel[] = {RP("lease", FK_U64, F_OPT | F_OMIT0, lease)};
+static const field f_rep_cancel[] = {RP("lease", FK_U64NZ, F_OPT | F_OMIT0, lease)};
 static const field f_rep_grant[] = {
     RP("rid", FK_U64NZ, 0, rid),
     RP("lease", FK_U64NZ, 0, lease),
@@ -311,7 +310,7 @@ static const field f_last_release[] = {
 #define CO(key, kind, flags, m) FIELD(ul_counter, key, kind, flags, m)
 static const field f_counter[] = {
     CO("name", FK_NAME, 0, name),
-    CO("lkey", FK_NAME0, F_OPT | F_OMIT0, lkey),
+    CO("lkey", FK_NAME, F_OPT | F_OMIT0, lkey),
     CO("lval", FK_TEXT, F_OPT | F_OMIT0, lval),
     CO("value", FK_U64, 0, value),
 };
@@ -319,7 +318,7 @@ static const field f_counter[] = {
 #define HI(key, kind, flags, m) FIELD(ul_histogram, key, kind, flags, m)
 static const field f_hist_head[] = {
     HI("name", FK_NAME, 0, name),
-    HI("lkey", FK_NAME0, F_OPT | F_OMIT0, lkey),
+    HI("lkey", FK_NAME, F_OPT | F_OMIT0, lkey),
     HI("lval", FK_TEXT, F_OPT | F_OMIT0, lval),
 };
 static const field f_hist_tail[] = {
@@ -343,11 +342,9 @@ static const field f_event[] = {
 
 /* ------------------------------------------------------- value validation */
 
-static int name_check(const char *s, size_t len, size_t cap, bool allow_empty)
+static int name_check(const char *s, size_t len, size_t cap)
 {
-    if (len == 0)
-        return allow_empty ? 0 : UVMLEASE_EBADTEXT;
-    if (len > cap)
+    if (len == 0 || len > cap)
         return UVMLEASE_EBADTEXT;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -362,7 +359,7 @@ static int name_check(const char *s, size_t len, size_t cap, bool allow_empty)
 static bool is_string_kind(int kind)
 {
     return kind == FK_UVM || kind == FK_UVM0 || kind == FK_TEXT || kind == FK_TEXT1 ||
-           kind == FK_NAME || kind == FK_NAME0;
+           kind == FK_NAME;
 }
 
 /* The rule of a string field, for the decoder and the encoder alike. */
@@ -377,10 +374,8 @@ static int string_check(const field *f, const char *s, size_t len)
         return ul_text_check(s, len, f->cap);
     case FK_TEXT1:
         return len == 0 ? UVMLEASE_EBADTEXT : ul_text_check(s, len, f->cap);
-    case FK_NAME:
-        return name_check(s, len, f->cap, false);
-    default: /* FK_NAME0 */
-        return name_check(s, len, f->cap, true);
+    default: /* FK_NAME */
+        return name_check(s, len, f->cap);
     }
 }
 

@@ -1362,6 +1362,22 @@ Test(codec, reply_rules)
     kv dup[] = {KU("v", 1),          KU("bi", 7),  KU("bi", 8),
                 KS("kind", "reply"), KU("rid", 1), KU("err", 1)};
     cr_assert_eq(reply_decode_kvs(dup, 6, &r), UVMLEASE_EMALFORMED);
+    /* PROTOCOL.md section 5: `journal` is a name when present (never
+     * ""), a cancel's `lease` a lease id (never 0). */
+    kv hello[] = {KU("v", 1),   KU("bi", 7),       KS("kind", "reply"),
+                  KU("rid", 1), KS("op", "ping"),  KU("err", 0),
+                  KU("pid", 5), KS("server", "s"), KS("journal", "ok")};
+    cr_assert_eq(reply_decode_kvs(hello, 9, &r), 0);
+    ul_reply_free(&r);
+    hello[8] = (kv)KS("journal", "");
+    cr_assert_eq(reply_decode_kvs(hello, 9, &r), UVMLEASE_EBADTEXT);
+    kv cancel[] = {KU("v", 1),         KU("bi", 7),  KS("kind", "reply"), KU("rid", 1),
+                   KS("op", "cancel"), KU("err", 0), KU("lease", 3)};
+    cr_assert_eq(reply_decode_kvs(cancel, 7, &r), 0);
+    cr_assert_eq(r.lease, 3);
+    ul_reply_free(&r);
+    cancel[6] = (kv)KU("lease", 0);
+    cr_assert_eq(reply_decode_kvs(cancel, 7, &r), UVMLEASE_EBADVALUE);
 }
 
 Test(codec, reply_encoder_rules)

@@ -110,10 +110,15 @@ static void s_format(char line[S_LINE], const struct timespec *ts, ul_log_level 
     len = s_append(line, len, " msg=", 5);
     len = s_put_value(line, len, msg);
     for (size_t i = 0; i < n * 2; i += 2) {
+        size_t mark = len;
         len = s_append(line, len, " ", 1);
         len = s_append(line, len, kv[i], strlen(kv[i]));
         len = s_append(line, len, "=", 1);
         len = s_put_value(line, len, kv[i + 1] ? kv[i + 1] : "");
+        if (len >= S_LINE - 1) {
+            len = mark; /* a pair that does not fit whole is left out, and the rest */
+            break;
+        }
     }
     line[len < S_LINE ? len : S_LINE - 1] = '\0';
 }

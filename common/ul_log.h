@@ -2,7 +2,9 @@
  * ul_log.h — one logfmt line per event: ts=... level=... msg=... key=value.
  *
  * Values are escaped (ul_escape) and quoted when they contain spaces,
- * quotes or '='. Lines go to a sink callback (default: stderr).
+ * quotes or '='. Lines go to a sink callback (default: stderr). A value
+ * is cut to 1,099 bytes, a line to 4,095: pairs that do not fit whole are
+ * left out, as are pairs after the 32nd.
  */
 #ifndef UL_LOG_H
 #define UL_LOG_H

@@ -44,6 +44,13 @@ static int s_count(void)
     return n;
 }
 
+/* Keeps the whole line (ctx: a buffer of 5000 bytes). */
+static void s_whole_sink(void *ctx, ul_log_level level, const char *line)
+{
+    (void)level;
+    snprintf(ctx, 5000, "%s", line);
+}
+
 static ul_logger s_lg = {.min_level = UL_LOG_DEBUG, .sink = s_sink, .ctx = &s_cap};
 
 static void s_reset(void)
@@ -195,4 +202,22 @@ Test(log, stderr_lines_are_written_together)
     cr_assert(strncmp(p1, "ts=", 3) == 0);
     cr_assert(strstr(p2, "msg=c n=3\n"), "the second write: %s", p2);
     cr_assert_eq(s_count(), 1);
+}
+
+/* A line that reaches 4 KiB ends after its last whole pair: no cut key,
+ * no open quote, nothing after it. */
+Test(log, an_overlong_line_keeps_whole_pairs)
+{
+    static char big[1200], quoted[1200], line[5000];
+    memset(big, 'v', sizeof big - 1);
+    memset(quoted, ' ', sizeof quoted - 1);
+    ul_logger lg = {.min_level = UL_LOG_INFO, .sink = s_whole_sink, .ctx = line};
+    ul_log(&lg, UL_LOG_INFO, "long", "a", big, "b", big, "c", big, "d", quoted, "e", "x", NULL);
+    size_t len = strlen(line);
+    cr_assert_lt(len, 4096);
+    cr_assert(strstr(line, " c="), "a whole pair was dropped");
+    cr_assert_null(strstr(line, " d="), "a pair that does not fit was cut: ...%s",
+                   line + (len > 40 ? len - 40 : 0));
+    cr_assert_null(strstr(line, " e="), "pairs after the cut went on");
+    cr_assert_eq(line[len - 1], 'v', "the line ends inside a pair: ...%s", line + len - 20);
 }

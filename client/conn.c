@@ -514,6 +514,30 @@ static bool s_flush_locked(uvmlease *c, uint64_t now)
     return false;
 }
 
+/* Background releases and cancels without an answer for
+ * UL_CLIENT_RESEND_MS are sent again (the same rid). Returns the ms until
+ * the next one falls due, -1 for none. */
+static int s_resend_stale_locked(uvmlease *c, uint64_t now)
+{
+    int next = -1;
+    ul_list *pos, *tmp;
+    ul_list_foreach_safe(pos, tmp, &c->reqs)
+    {
+        ul_req *r = ul_container_of(pos, ul_req, link);
+        if (r->w || r->op == UL_OP_ACQUIRE || !r->sent || r->need_send)
+            continue;
+        uint64_t due = r->sent_ms + UL_CLIENT_RESEND_MS;
+        if (now >= due) {
+            r->need_send = true;
+            r->resent = true; /* a release done already answers no-such-lease */
+            continue;
+        }
+        if (next < 0 || due - now < (uint64_t)next)
+            next = (int)(due - now);
+    }
+    return next;
+}
+
 /* Ping while anything is outstanding, so a restarted broker is noticed
  * (its answer carries a new instance id). Returns the poll timeout. */
 static int s_ping_locked(uvmlease *c, uint64_t now, bool blocked)
@@ -589,8 +613,11 @@ static void s_receive(uvmlease *c)
 static void s_turn_locked(uvmlease *c, int limit_ms)
 {
     uint64_t now = ul_now_ms();
+    int stale = s_resend_stale_locked(c, now);
     bool blocked = s_flush_locked(c, now);
     int timeout = s_ping_locked(c, now, blocked);
+    if (stale >= 0 && (timeout < 0 || stale < timeout))
+        timeout = stale;
     if (limit_ms >= 0 && (timeout < 0 || limit_ms < timeout))
         timeout = limit_ms;
     pthread_mutex_unlock(&c->mu);

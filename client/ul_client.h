@@ -28,7 +28,9 @@
  * abandoned acquire is cancelled (the broker removes the waiter, or
  * releases the lease if it was granted, even when the grant never arrives)
  * and waits for its grant (released at once) or failure, a release or
- * cancel is re-sent until answered. A release nobody waits for that its
+ * cancel is re-sent every UL_CLIENT_RESEND_MS until answered (the same
+ * rid: an answer the broker could not deliver is not lost for good). A
+ * release nobody waits for that its
  * caller sent itself (release_nowait) is "lazy": its answer is left for
  * the next owner to read, and the I/O thread fetches it only when no call
  * has within UL_CLIENT_LAZY_MS.
@@ -51,6 +53,12 @@
 /* While requests are outstanding, ping this often to notice a restarted
  * broker (a new instance id), to which they are then sent again. */
 #define UL_CLIENT_PING_MS 1000
+
+/* A release or cancel nobody waits for any more (its caller gave up, or
+ * release_nowait) is sent again when no answer came within this: an
+ * answer the broker could not deliver is not lost for good. Both are
+ * idempotent at the broker. */
+#define UL_CLIENT_RESEND_MS 1000
 
 /* How long the answer to a release_nowait is left for the next call to
  * read before the I/O thread wakes to read it. Long enough that a caller

@@ -1396,6 +1396,28 @@ Test(fake, release_nowait_is_sent_again_to_a_restarted_broker)
     uvmlease_close(c);
 }
 
+/* An answer the broker could not deliver (its queue to us full) is not
+ * lost for good: the release is sent again to the same broker instance. */
+Test(fake, an_unanswered_release_nowait_is_sent_again)
+{
+    fake *f = &s_fake;
+    uvmlease *c = fake_conn(f);
+    uvmlease_lease *l = fake_acquire(f, c, UVM_A, 66);
+    cr_assert_eq(uvmlease_release_nowait(l), UVMLEASE_OK);
+    ul_request q;
+    fake_expect(f, &q, UL_OP_RELEASE, 5000);
+    uint64_t rid = q.rid, t0 = ul_now_ms();
+    /* No answer: the same instance gets the same release again. */
+    fake_expect(f, &q, UL_OP_RELEASE, UL_CLIENT_RESEND_MS + 2000);
+    cr_assert_eq(q.rid, rid, "re-sent with the same rid");
+    cr_assert_geq(ul_now_ms() - t0, UL_CLIENT_RESEND_MS - 50, "re-sent before its time");
+    fake_answer(f, &q, 0);
+    wait_settled(c);
+    uint64_t t1 = ul_now_ms();
+    uvmlease_close(c);
+    cr_assert_lt(ul_now_ms() - t1, 500, "close waited for an answer already given");
+}
+
 /* A release-error handler that holds the library's thread until told. */
 typedef struct rel_gate {
     pthread_mutex_t mu;

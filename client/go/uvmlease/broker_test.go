@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -550,5 +551,47 @@ func TestGoHolderKilledCWaiterGranted(t *testing.T) {
 	data, _ := os.ReadFile(log)
 	if string(data) != "start go-helper\nstart c0\nend c0\n" {
 		t.Fatalf("log:\n%s", data)
+	}
+}
+
+// An answer that never arrives (the broker could not deliver it) is not
+// lost for good: the release, given up by its caller, is sent again.
+func TestUnansweredReleaseSentAgain(t *testing.T) {
+	b := startBroker(t)
+	c := b.dial(t)
+	uvm := "resend-release@vm"
+	l, err := c.Acquire(bg(t, 5*time.Second), uvm, Confidential, "lost-answer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers := make(chan uint32, 8) // err of each answer let through
+	var dropped int32
+	c.hooksMu.Lock()
+	c.hooks.drop = func(m *wire.Message) bool {
+		if m.Kind != "reply" || m.Op != "release" {
+			return false
+		}
+		if atomic.AddInt32(&dropped, 1) == 1 {
+			return true // the first answer is lost
+		}
+		answers <- m.Err
+		return false
+	}
+	c.hooksMu.Unlock()
+	if err := l.Release(bg(t, 300*time.Millisecond)); err == nil {
+		t.Fatal("the release was answered although its answer was dropped")
+	}
+	select {
+	case e := <-answers:
+		if e != 0 && Code(e) != ErrNoLease {
+			t.Fatalf("the release sent again was answered %d", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the release was never sent again")
+	}
+	if info := b.show(t, uvm); info != nil {
+		if hs, _ := info["holders"].([]interface{}); len(hs) != 0 {
+			t.Fatalf("still held: %v", info)
+		}
 	}
 }

@@ -45,6 +45,7 @@ const (
 	TryGrace       = 1 * time.Second // TryAcquire: when ctx has no earlier deadline
 	CloseTimeout   = 1 * time.Second // Close: flushing releases and cancels
 	pingInterval   = time.Second     // while requests are outstanding
+	resendAfter    = time.Second     // an unanswered background release or cancel
 	deadlineMargin = 100 * time.Millisecond
 )
 
@@ -140,6 +141,7 @@ type Client struct {
 // testHooks let this package's tests observe and steer the loop.
 type testHooks struct {
 	beforeDispatch func(*wire.Message)
+	drop           func(*wire.Message) bool // true: as if never received
 	events         chan *wire.Event
 }
 
@@ -544,6 +546,17 @@ func (s *state) send(r *record) {
 	r.sentAt = time.Now()
 }
 
+// resendStale sends again the releases and cancels nobody waits for that
+// had no answer within resendAfter: an answer the broker could not
+// deliver is not lost for good. Both are idempotent at the broker.
+func (s *state) resendStale() {
+	for _, r := range s.order {
+		if r.abandoned && r.req.Op != "acquire" && r.sent && time.Since(r.sentAt) >= resendAfter {
+			s.send(r)
+		}
+	}
+}
+
 // background queues a request nobody waits for.
 func (s *state) background(req wire.Request) {
 	req.RID = nextRID()
@@ -655,6 +668,9 @@ func (s *state) dispatch(m *wire.Message) {
 	if h := hooks.beforeDispatch; h != nil {
 		h(m)
 	}
+	if h := hooks.drop; h != nil && h(m) {
+		return
+	}
 	switch m.Kind {
 	case "reply":
 		r := s.recs[m.RID]
@@ -748,6 +764,7 @@ func (c *Client) loop() {
 				if msg, err := wire.EncodeRequest(&wire.Request{Op: "ping", RID: nextRID()}); err == nil {
 					_ = c.dealer.Send(msg)
 				}
+				s.resendStale()
 			}
 		case <-closeCh:
 			closeCh, closing = nil, true

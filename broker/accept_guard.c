@@ -25,7 +25,6 @@
 #include "accept_guard.h"
 
 static _Atomic int s_reserve = -1;
-static atomic_ulong s_dropped;
 
 void ul_accept_guard_init(void)
 {
@@ -33,11 +32,6 @@ void ul_accept_guard_init(void)
     int old = atomic_exchange(&s_reserve, fd);
     if (old >= 0)
         close(old);
-}
-
-unsigned long ul_accept_guard_dropped(void)
-{
-    return atomic_load(&s_dropped);
 }
 
 static int s_guarded(int fd, struct sockaddr *addr, socklen_t *len, int flags)
@@ -53,9 +47,10 @@ static int s_guarded(int fd, struct sockaddr *addr, socklen_t *len, int flags)
             int drop = (int)syscall(SYS_accept4, fd, NULL, NULL, SOCK_CLOEXEC);
             if (drop >= 0)
                 close(drop);
-            ul_accept_guard_init();
         }
-        atomic_fetch_add(&s_dropped, 1);
+        /* Take the reserve back; if another thread took the descriptor
+         * first, try again at the next EMFILE rather than never. */
+        ul_accept_guard_init();
         e = ECONNABORTED;
     } else if (e == ENOBUFS || e == ENOMEM) {
         e = ECONNABORTED; /* the connection is lost; the listener goes on */

@@ -6,9 +6,8 @@
 #ifndef UL_ACCEPT_GUARD_H
 #define UL_ACCEPT_GUARD_H
 
-/* Take the reserved descriptor; call once at start, before the broker. */
+/* Take the reserved descriptor: once at start, before the broker (the
+ * guard takes it back itself after each use). */
 void ul_accept_guard_init(void);
-/* Connections dropped because descriptors ran out. */
-unsigned long ul_accept_guard_dropped(void);
 
 #endif

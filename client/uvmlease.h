@@ -246,9 +246,11 @@ UVMLEASE_API int uvmlease_release(uvmlease_lease *lease);
  * UVMLEASE_ENOTOWNER, UVMLEASE_ENOLEASE, ...) reaches only the handler set
  * with uvmlease_on_release_error(), later and on another thread; without a
  * handler it is dropped. A broker that does not answer is not reported
- * (the library keeps sending, as uvmlease_release() does after
- * UVMLEASE_ENOBROKER; the broker releases the lease anyway when this
- * process exits).
+ * (the library sends it again every second, as it does a
+ * uvmlease_release() that returned UVMLEASE_ENOBROKER; the broker releases
+ * the lease anyway when this process exits). Call uvmlease_close() before
+ * exiting: a process that exits first may die before the broker has read
+ * the release, which then counts as an abnormal release (holder-exit).
  * Returns UVMLEASE_OK (sent or queued), UVMLEASE_EREVOKED (the library
  * already knew the lease was revoked: nothing is sent), UVMLEASE_ECLOSED
  * (the connection was closed, which released it), UVMLEASE_EINVAL (NULL);

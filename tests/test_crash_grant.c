@@ -91,6 +91,17 @@ static bool s_waiters_one(void *ctx)
     return one;
 }
 
+/* The second broker's "journal read" line, kept for the test. */
+static char s_journal_line[1024];
+
+static void s_journal_sink(void *ctx, ul_log_level level, const char *line)
+{
+    (void)ctx;
+    (void)level;
+    if (strstr(line, "msg=\"journal read\""))
+        snprintf(s_journal_line, sizeof s_journal_line, "%s", line);
+}
+
 /* The victim's restored lease was released by its own cancel. */
 static bool s_released(void *ctx)
 {
@@ -147,9 +158,13 @@ Test(crashgrant, grant_recorded_not_sent_then_abandoned_leaves_nothing_held)
      * its journalled lease is restored... */
     uvmlease_broker_config cfg;
     s_config(&cfg, rt, ep);
+    cfg.log_level = UL_LOG_INFO;
+    cfg.log_sink = s_journal_sink;
     uvmlease_broker *b2 = NULL;
     char err[512];
     cr_assert_eq(uvmlease_broker_start(&cfg, &b2, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert(strstr(s_journal_line, " restored=1 "), "the victim's lease was not restored: %s",
+              s_journal_line);
     /* ...and the victim's library, seeing the new instance, sends the cancel
      * of the acquire it gave up on again, which releases it. */
     cr_assert(ut_wait_until(s_released, s, 20000), "the abandoned lease stayed held by the victim");

@@ -434,6 +434,111 @@ Test(journal, invalid_record_stops_start_unless_forced)
     ut_rmrf(dir);
 }
 
+/* The offset of the first slot holding a record (magic "ULJR"), -1 if none. */
+static off_t s_first_record(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    cr_assert_geq(fd, 0);
+    unsigned char m[4];
+    off_t found = -1;
+    for (off_t off = 2 * UL_JOURNAL_SLOT; pread(fd, m, 4, off) == 4; off += UL_JOURNAL_SLOT)
+        if (memcmp(m, "ULJR", 4) == 0) {
+            found = off;
+            break;
+        }
+    close(fd);
+    return found;
+}
+
+static void s_patch(const char *path, off_t off, const void *b, size_t n)
+{
+    int fd = open(path, O_WRONLY);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pwrite(fd, b, n, off), (ssize_t)n);
+    close(fd);
+}
+
+/* Bytes that are neither a record, nor a record's write cut short, nor a
+ * clear: damage, which stops the start unless forced. */
+Test(journal, garbage_in_a_slot_stops_start_unless_forced)
+{
+    char dir[256], path[320];
+    ul_journal_load ld;
+    ul_journal *j = s_fresh("jgarb", dir, path, 8, NULL);
+    ul_jrec a;
+    s_rec(&a, 1, "garbage@vm", "");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    ul_journal_close(&j);
+    off_t off = s_first_record(path);
+    cr_assert_geq(off, 0);
+    s_patch(path, off, "GARBAGE!", 8);
+    int rc;
+    j = s_open(path, 8, false, &ld, &rc);
+    cr_assert_eq(rc, UVMLEASE_EBADVALUE, "damage was taken for a torn write");
+    cr_assert_null(j);
+    j = s_open(path, 8, true, &ld, &rc);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(ld.invalid, 1);
+    cr_assert_eq(ld.torn, 0);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* A whole, checksummed record above the header's marks cannot be the
+ * broker's (the marks are written before any record under them). */
+Test(journal, record_above_the_marks_stops_start_unless_forced)
+{
+    char dir[256], path[320];
+    ul_journal_load ld;
+    ul_journal *j = s_fresh("jabove", dir, path, 8, NULL);
+    ul_jrec a;
+    s_rec(&a, 1, "above@vm", "x");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    ul_journal_close(&j);
+    off_t off = s_first_record(path);
+    cr_assert_geq(off, 0);
+    unsigned char b[UL_JOURNAL_SLOT];
+    int fd = open(path, O_RDONLY);
+    cr_assert_eq(pread(fd, b, sizeof b, off), (ssize_t)sizeof b);
+    close(fd);
+    memset(b + 16, 0x7f, 8); /* the lease id: far above any mark */
+    size_t len = 80 + ((size_t)b[70] | (size_t)b[71] << 8) + ((size_t)b[72] | (size_t)b[73] << 8);
+    uint32_t crc = ul_crc32c(0, b + 8, len - 8);
+    for (int i = 0; i < 4; i++) /* little-endian, as the magic shows */
+        b[4 + i] = (unsigned char)(crc >> (8 * i));
+    s_patch(path, off, b, len);
+    int rc;
+    j = s_open(path, 8, false, &ld, &rc);
+    cr_assert_eq(rc, UVMLEASE_EBADVALUE, "a record above the marks was trusted");
+    j = s_open(path, 8, true, &ld, &rc);
+    cr_assert_eq(rc, 0);
+    cr_assert_eq(ld.invalid, 1);
+    cr_assert_eq(ld.n, 0);
+    free(ld.recs);
+    ul_journal_close(&j);
+    ut_rmrf(dir);
+}
+
+/* A file shorter than its header says (cut by hand, or a copy cut
+ * short) could have lost live records: the start stops. */
+Test(journal, a_truncated_file_stops_start)
+{
+    char dir[256], path[320];
+    ul_journal_load ld;
+    ul_journal *j = s_fresh("jtrunc", dir, path, 8, NULL);
+    ul_jrec a;
+    s_rec(&a, 1, "trunc@vm", "");
+    cr_assert_eq(ul_journal_grant(j, &a), 0);
+    ul_journal_close(&j);
+    cr_assert_eq(truncate(path, (off_t)(2 + 5) * UL_JOURNAL_SLOT + 100), 0); /* mid-slot */
+    int rc;
+    j = s_open(path, 8, false, &ld, &rc);
+    cr_assert_eq(rc, UVMLEASE_EBADVALUE, "a file cut short was taken as it is");
+    cr_assert_null(j);
+    ut_rmrf(dir);
+}
+
 Test(journal, lost_header_with_records_stops_start_unless_forced)
 {
     char dir[256], path[320];

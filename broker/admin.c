@@ -25,7 +25,7 @@
 typedef struct ul_admin {
     /* Refused admin requests: audited, but a flood must not become a flood
      * of log lines (token bucket, as for rejected input). */
-    uint64_t deny_tokens, deny_refill_at, deny_suppressed;
+    ul_log_rate deny_rate; /* audit lines of refused requests */
 } ul_admin;
 
 static ul_admin *s_admin(uvmlease_broker *b)
@@ -54,36 +54,14 @@ static bool s_is_admin(const uvmlease_broker *b, const ul_peer *peer)
     return b->have_admin_gid && ul_conn_peer_in_group(peer, (uint32_t)b->admin_gid);
 }
 
-/* Whether a refused request may be audited now; counts the ones that
- * may not. */
-static bool s_deny_log_allowed(ul_admin *a, uint64_t now, uint64_t *suppressed)
-{
-    if (a->deny_refill_at == 0) {
-        a->deny_tokens = 20;
-        a->deny_refill_at = now;
-    }
-    uint64_t add = (now - a->deny_refill_at) * 5 / 1000;
-    if (add) {
-        a->deny_tokens = a->deny_tokens + add > 20 ? 20 : a->deny_tokens + add;
-        a->deny_refill_at = now;
-    }
-    if (a->deny_tokens == 0) {
-        a->deny_suppressed++;
-        return false;
-    }
-    a->deny_tokens--;
-    *suppressed = a->deny_suppressed;
-    a->deny_suppressed = 0;
-    return true;
-}
-
 static void s_audit(uvmlease_broker *b, const ul_peer *peer, const ul_request *req,
                     const char *result)
 {
     char suppressed[24] = "0";
     if (strcmp(result, "denied") == 0) {
         uint64_t n = 0;
-        if (!b->admin || !s_deny_log_allowed(b->admin, ul_now_ms(), &n))
+        /* 20 at once, then 5 a second. */
+        if (!b->admin || !ul_log_rate_take(&b->admin->deny_rate, ul_now_ms(), 20, 5, &n))
             return;
         snprintf(suppressed, sizeof suppressed, "%llu", (unsigned long long)n);
     }

@@ -340,8 +340,6 @@ static uvmlease_broker *s_new(const uvmlease_broker_config *cfg)
     b->instance = ul_random64();
     ul_list_init(&b->idle);
     ul_list_init(&b->check);
-    b->reject_tokens = UL_REJECT_BURST;
-    b->reject_refill_at = ul_now_ms();
     b->wall_base_ms = ul_wall_ms() - ul_now_ms();
     return b;
 }

@@ -109,9 +109,7 @@ struct uvmlease_broker {
     uint64_t *child_pending; /* leases whose child record waits for a retry */
     size_t n_child_pending, child_pending_cap;
 
-    uint64_t reject_tokens;
-    uint64_t reject_refill_at;
-    uint64_t reject_suppressed;
+    ul_log_rate reject_rate; /* rejected-input log lines */
     uint64_t rejected_total;
     uint64_t rejected_by_code[128];
 

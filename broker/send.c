@@ -176,26 +176,16 @@ void ul_broker_fill_holder(const uvmlease_broker *b, const lt_lease *l, uint64_t
  * lines. */
 void ul_broker_log_reject(uvmlease_broker *b, uint32_t pid, int code, const char *what)
 {
-    uint64_t now = ul_now_ms();
-    uint64_t elapsed = now - b->reject_refill_at;
-    if (elapsed >= 1000 / S_REJECT_PER_SEC) {
-        uint64_t add = elapsed * S_REJECT_PER_SEC / 1000;
-        b->reject_tokens =
-            b->reject_tokens + add > UL_REJECT_BURST ? UL_REJECT_BURST : b->reject_tokens + add;
-        b->reject_refill_at = now;
-    }
     b->rejected_total++;
     if ((unsigned)code < sizeof b->rejected_by_code / sizeof b->rejected_by_code[0])
         b->rejected_by_code[code]++;
-    if (b->reject_tokens == 0) {
-        b->reject_suppressed++;
+    uint64_t suppressed = 0;
+    if (!ul_log_rate_take(&b->reject_rate, ul_now_ms(), UL_REJECT_BURST, S_REJECT_PER_SEC,
+                          &suppressed))
         return;
-    }
-    b->reject_tokens--;
     char pidbuf[16], sup[24];
     snprintf(pidbuf, sizeof pidbuf, "%u", pid);
-    s_u64(sup, sizeof sup, b->reject_suppressed);
-    b->reject_suppressed = 0;
+    s_u64(sup, sizeof sup, suppressed);
     ul_log(&b->log, UL_LOG_WARN, "rejected input", "pid", pidbuf, "err", ul_status_name(code),
            "what", what, "suppressed", sup, NULL);
 }

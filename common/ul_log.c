@@ -267,6 +267,31 @@ void ul_log_hold_free(void)
     t_hold.buf = t_hold.out = NULL;
 }
 
+/* ---- rate ------------------------------------------------------------------ */
+
+bool ul_log_rate_take(ul_log_rate *r, uint64_t now_ms, uint32_t burst, uint32_t per_sec,
+                      uint64_t *suppressed)
+{
+    if (!r->started) {
+        r->started = true;
+        r->tokens = burst;
+        r->refill_at = now_ms;
+    }
+    uint64_t add = now_ms > r->refill_at ? (now_ms - r->refill_at) * per_sec / 1000 : 0;
+    if (add) {
+        r->tokens = r->tokens + add > burst ? burst : (uint32_t)(r->tokens + add);
+        r->refill_at = now_ms;
+    }
+    if (r->tokens == 0) {
+        r->suppressed++;
+        return false;
+    }
+    r->tokens--;
+    *suppressed = r->suppressed;
+    r->suppressed = 0;
+    return true;
+}
+
 /* ---- logging ----------------------------------------------------------------- */
 
 void ul_logv(const ul_logger *lg, ul_log_level level, const char *msg, va_list ap)

@@ -49,6 +49,22 @@ void ul_logv(const ul_logger *lg, ul_log_level level, const char *msg, va_list a
  * kept line, 0 when none is. ul_log_hold_free() releases and frees this
  * thread's buffers.
  */
+/*
+ * A token bucket for lines a peer can provoke (refused input, denied
+ * requests): at most burst at once, then per_sec. Zero-initialise; it
+ * starts full. ul_log_rate_take() says whether one more line may be
+ * written at now_ms; when it may, *suppressed is the number refused since
+ * the last line written (to say in that line).
+ */
+typedef struct ul_log_rate {
+    bool started;
+    uint32_t tokens;
+    uint64_t refill_at;
+    uint64_t suppressed;
+} ul_log_rate;
+bool ul_log_rate_take(ul_log_rate *r, uint64_t now_ms, uint32_t burst, uint32_t per_sec,
+                      uint64_t *suppressed);
+
 bool ul_log_hold(void);
 uint64_t ul_log_held_since_ms(void);
 void ul_log_flush(void);

@@ -221,3 +221,24 @@ Test(log, an_overlong_line_keeps_whole_pairs)
     cr_assert_null(strstr(line, " e="), "pairs after the cut went on");
     cr_assert_eq(line[len - 1], 'v', "the line ends inside a pair: ...%s", line + len - 20);
 }
+
+/* The token bucket for lines a peer can provoke: burst, then per_sec; the
+ * first line after a refusal says how many were refused. */
+Test(log, rate_lets_a_burst_through_then_per_second)
+{
+    ul_log_rate r = {0};
+    uint64_t sup = 99, t = 1000000;
+    for (int i = 0; i < 3; i++) {
+        cr_assert(ul_log_rate_take(&r, t, 3, 2, &sup), "line %d of the burst", i);
+        cr_assert_eq(sup, 0);
+    }
+    cr_assert_not(ul_log_rate_take(&r, t, 3, 2, &sup));
+    cr_assert_not(ul_log_rate_take(&r, t + 499, 3, 2, &sup), "a token before its time");
+    cr_assert(ul_log_rate_take(&r, t + 500, 3, 2, &sup));
+    cr_assert_eq(sup, 2, "the refused lines are counted");
+    cr_assert_not(ul_log_rate_take(&r, t + 500, 3, 2, &sup));
+    /* A long quiet refills to the burst, no more. */
+    for (int i = 0; i < 3; i++)
+        cr_assert(ul_log_rate_take(&r, t + 60000, 3, 2, &sup));
+    cr_assert_not(ul_log_rate_take(&r, t + 60000, 3, 2, &sup));
+}
